@@ -1,0 +1,1 @@
+"""Built-in links, losses and activations, registered through the same hooks as any plugin."""

@@ -1,0 +1,33 @@
+"""Built-in activations sigma(u). The theory asks for sigma'(0) = 0, sigma''(0) = 1 and a
+bounded sigma''' (logcosh, one_minus_cos, quadratic); relu and tanh are out-of-theory baselines."""
+
+import math
+
+import torch
+
+from mim_lightning.hookspecs import hookimpl
+
+
+def logcosh(u):
+    """log cosh(u) = |u| + log1p(exp(-2|u|)) - log 2 (stable for large |u|)."""
+    a = u.abs()
+    return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
+
+
+def one_minus_cos(u):
+    """1 - cos(u)."""
+    return 1 - torch.cos(u)
+
+
+def quadratic(u):
+    """u^2 / 2 (cannot represent links of degree > 2 in stage 2)."""
+    return 0.5 * u * u
+
+
+@hookimpl
+def register_activations(register):
+    register("logcosh", logcosh)
+    register("one_minus_cos", one_minus_cos)
+    register("quadratic", quadratic)
+    register("relu", torch.relu)
+    register("tanh", torch.tanh)

@@ -1,0 +1,41 @@
+"""Built-in losses loss(t, y), elementwise, differentiable in the prediction t.
+
+Their label preprocessing is T(y) = -loss'(0, y): squared gives T(y) = y, huber clips y to
+[-1, 1], pseudo_huber gives y / sqrt(1 + y^2), logcosh gives tanh(y).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mim_lightning.hookspecs import hookimpl
+
+
+def squared(t, y):
+    """(t - y)^2 / 2."""
+    return 0.5 * (t - y) ** 2
+
+
+def huber(t, y):
+    """Huber loss with delta = 1: quadratic for |t - y| <= 1, linear beyond."""
+    return F.huber_loss(t, y, reduction="none", delta=1.0)
+
+
+def pseudo_huber(t, y):
+    """sqrt(1 + (t - y)^2) - 1, a smooth Huber loss with delta = 1."""
+    return torch.sqrt(1 + (t - y) ** 2) - 1
+
+
+def logcosh(t, y):
+    """log cosh(t - y), computed stably as |u| + log1p(exp(-2|u|)) - log 2."""
+    u = (t - y).abs()
+    return u + torch.log1p(torch.exp(-2 * u)) - math.log(2.0)
+
+
+@hookimpl
+def register_losses(register):
+    register("squared", squared)
+    register("huber", huber)
+    register("pseudo_huber", pseudo_huber)
+    register("logcosh", logcosh)

@@ -1,0 +1,187 @@
+"""One typed config tree: YAML file + ``--set key=value`` overrides, validated by pydantic.
+
+Every knob of SCIENCE.md section 3 is a key with a default; unknown keys are errors that suggest
+the closest valid key; errors are one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mim_lightning.errors import MimError
+from mim_lightning.registry import closest
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    d: int = Field(128, gt=0, description="input dimension")
+    r: int = Field(2, gt=0, description="dimension of the hidden subspace U (r <= d)")
+    link: str = Field("sum_he2", description="link g (a registered link name)")
+    noise: float = Field(0.0, ge=0, description="std of Gaussian label noise added to g(Ux)")
+    alpha: float = Field(16.0, gt=0, description="stage-1 samples n1 = alpha * d")
+    alpha2: float = Field(16.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
+    n_test: int = Field(4096, gt=0, description="test samples")
+    chunk_size: int = Field(0, ge=0, description="samples per chunk of a full-batch pass (0: all at once); results do not depend on it")
+
+
+class ModelConfig(Section):
+    width: int = Field(256, gt=0, description="hidden width m (even: neurons come in symmetric pairs)")
+    activation: str = Field("logcosh", description="activation sigma (a registered activation name)")
+    init_scale: float = Field(1e-6, gt=0, description="norm of each first-layer row at initialisation (eps0)")
+
+
+class Stage1Config(Section):
+    loss: str = Field("squared", description="loss whose preprocessing T(y) = -loss'(0, y) stage 1 uses")
+    steps: int = Field(10, gt=0, description="T1, full-batch gradient steps on the first layer")
+    lr: float = Field(1.0, gt=0, description="eta1, the step size")
+    weight_decay: float = Field(1.0, ge=0, description="beta1; eta1 * beta1 = 1 ranks directions by |eigenvalue|")
+    center: bool = Field(True, description="centre T(y) on D1 (adds mean(T) * t to the loss) to remove the isotropic part")
+
+
+class Stage2Config(Section):
+    loss: str = Field("squared", description="loss of the convex second-layer fit")
+    solver: Literal["auto", "ridge", "lbfgs", "gd"] = Field("auto", description="ridge (exact, squared loss only), lbfgs or gd; auto picks ridge for squared loss, else lbfgs")
+    ridge: float = Field(1e-3, ge=0, description="beta2, the penalty beta2 * |a|^2")
+    steps: int = Field(100, gt=0, description="iterations of lbfgs or gd")
+    lr: float = Field(1.0, gt=0, description="step size of gd and lbfgs")
+    bias_init: Literal["normal", "uniform", "zero"] = Field("normal", description="re-initialisation of the biases b: N(0, s^2), U[-s, s] or 0")
+    bias_scale: float = Field(1.0, ge=0, description="s, the scale of the bias re-initialisation")
+    rescale: bool = Field(True, description="rescale each first-layer row w_j to unit norm before the fit")
+
+
+class MetricsConfig(Section):
+    every_n_steps: int = Field(1, gt=0, description="compute stage-1 metrics (SVD of W) every k steps")
+    flush_every_n_steps: int = Field(10, gt=0, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
+
+
+class TrainerConfig(Section):
+    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto, ...")
+    devices: int | str = Field(1, description="Lightning devices: a count, -1 for all, or 'auto'")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    num_nodes: int = Field(1, gt=0, description="number of nodes")
+    precision: str = Field("32-true", description="Lightning precision (stage 1 is fp32 math by default)")
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, description="seed of U, the data and the initialisation")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
+    metrics: MetricsConfig = MetricsConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.data.r > self.data.d:
+            raise ValueError(f"data.r = {self.data.r} must be <= data.d = {self.data.d}")
+        if self.model.width % 2:
+            raise ValueError(f"model.width = {self.model.width} must be even (neurons come in symmetric pairs)")
+        return self
+
+    @property
+    def n1(self) -> int:
+        return max(1, round(self.data.alpha * self.data.d))
+
+    @property
+    def n2(self) -> int:
+        return max(1, round(self.data.alpha2 * self.data.d))
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every valid dotted key of the config tree."""
+    keys = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += all_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'data.d=256' -> ('data.d', 256); the value is parsed as YAML."""
+    if "=" not in text:
+        raise MimError(f"--set {text!r}: expected KEY=VALUE, e.g. --set data.d=256")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set tree[a][b][c] = value for key 'a.b.c', creating mappings on the way."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise MimError(f"config key {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file ({} for an empty file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MimError(f"config file {str(path)!r} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MimError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise MimError(f"config file {str(path)!r} must hold a mapping of keys, got a {type(tree).__name__}")
+    return tree
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}{closest(key, all_keys())}"
+    if not key:
+        return f"invalid config: {error['msg'].removeprefix('Value error, ')}"
+    return f"config key {key!r}: {error['msg']} (got {error.get('input')!r})"
+
+
+def build_config(tree: dict) -> Config:
+    """Validate a nested mapping into a Config, with a one-line MimError on failure."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise MimError(_one_line(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The resolved config: the YAML file (default: none, i.e. the quickstart defaults) with --set
+    overrides applied. The defaults are the quickstart experiment (configs/quickstart.yaml)."""
+    tree = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        set_dotted(tree, *parse_override(text))
+    return build_config(tree)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'data': {'d': 1}} -> {'data.d': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -1,0 +1,102 @@
+"""Measures of SCIENCE.md section 7, batched over a leading replica dimension K.
+
+Functional forms (used in the stage-1 hot path) and torchmetrics ``Metric`` wrappers (used for
+final evaluation, correct under DDP through ``dist_reduce_fx``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+
+def subspace_mass(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """|W U^T|_F^2 / |W|_F^2 per replica: W (K, m, d), U (K, r, d) -> (K,)."""
+    inside = torch.bmm(W, U.transpose(1, 2)).square().sum((1, 2))
+    return inside / W.square().sum((1, 2))
+
+
+def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
+    """Q (K, r, d): orthonormal rows spanning the top-r right singular vectors of each W (K, m, d).
+
+    Computed from the smaller Gram matrix of W / |W|_F (eigh in float64), which is much cheaper than
+    a full SVD when r << min(m, d) and insensitive to the overall scale of W.
+    """
+    Wn = W / W.flatten(1).norm(dim=1).clamp_min(torch.finfo(W.dtype).tiny).view(-1, 1, 1)
+    m, d = W.shape[1:]
+    if d <= m:
+        _, vecs = torch.linalg.eigh(torch.bmm(Wn.transpose(1, 2), Wn).double())
+        return vecs[..., -r:].flip(-1).transpose(1, 2).to(W.dtype)
+    _, vecs = torch.linalg.eigh(torch.bmm(Wn, Wn.transpose(1, 2)).double())
+    left = vecs[..., -r:].flip(-1).to(W.dtype)               # (K, m, r)
+    rows = torch.bmm(left.transpose(1, 2), Wn)               # (K, r, d) = S V^T
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)
+
+
+def principal_cosines(Q: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between span(Q) and span(U), descending: (K, r).
+
+    Q, U (K, r, d) with orthonormal rows: the singular values of Q U^T.
+    """
+    return torch.linalg.svdvals(torch.bmm(Q, U.transpose(1, 2)).double()).to(Q.dtype).clamp(0, 1)
+
+
+def network_cosines(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Principal cosines between the top-r right singular subspace of W and span(U): (K, r)."""
+    return principal_cosines(top_right_singular(W, U.shape[1]), U)
+
+
+class SubspaceMass(Metric):
+    """Fraction of first-layer weight inside span U, per replica (identical on every rank)."""
+
+    full_state_update = False
+
+    def __init__(self, replicas: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros(replicas), dist_reduce_fx="mean")
+
+    def update(self, W: torch.Tensor, U: torch.Tensor) -> None:
+        self.total = subspace_mass(W, U)
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
+
+class PrincipalCosines(Metric):
+    """Principal cosines (K, r) between the top-r right singular subspace of W and span U."""
+
+    full_state_update = False
+
+    def __init__(self, replicas: int = 1, r: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("cosines", torch.zeros(replicas, r), dist_reduce_fx="mean")
+
+    def update(self, W: torch.Tensor, U: torch.Tensor) -> None:
+        self.cosines = network_cosines(W, U)
+
+    def compute(self) -> torch.Tensor:
+        return self.cosines
+
+
+class RelativeMSE(Metric):
+    """mean((f - y)^2) / Var(y) per replica, accumulated over chunks and ranks (sums of moments)."""
+
+    full_state_update = False
+
+    def __init__(self, replicas: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        for name in ("sq_error", "y_sum", "y_sq_sum", "count"):
+            self.add_state(name, torch.zeros(replicas, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """prediction, target: (K, n)."""
+        prediction, target = prediction.double(), target.double()
+        self.sq_error += (prediction - target).square().sum(-1)
+        self.y_sum += target.sum(-1)
+        self.y_sq_sum += target.square().sum(-1)
+        self.count += target.shape[-1]
+
+    def compute(self) -> torch.Tensor:
+        mean = self.y_sum / self.count
+        variance = self.y_sq_sum / self.count - mean.square()
+        return (self.sq_error / self.count) / variance

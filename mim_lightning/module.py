@@ -1,0 +1,242 @@
+"""The two stages of layer-wise training as LightningModules (SCIENCE.md section 3).
+
+One Lightning epoch is one full-batch gradient step: each batch is a chunk of this rank's shard,
+its loss is normalised by the global sample count (times the world size, which DDP's averaging
+divides back out), gradients accumulate over the chunks and the optimiser steps after the last.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+
+from mim_lightning.config import Config
+from mim_lightning.data import generator
+from mim_lightning.errors import MimError
+from mim_lightning.metrics import RelativeMSE, network_cosines, subspace_mass
+from mim_lightning.model import TwoLayerNetwork
+from mim_lightning.spectral import mean_preprocessing
+
+
+class _FullBatchModule(L.LightningModule):
+    """Shared plumbing: chunk bookkeeping and sums over ranks."""
+
+    def __init__(self, network: TwoLayerNetwork, loss: Callable, split: str):
+        super().__init__()
+        self.automatic_optimization = False
+        self.network = network
+        self.loss = loss
+        self.split = split
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def on_train_start(self):
+        dm = self.trainer.datamodule
+        self.n = dm.n(self.split)
+        self.scale = dm.world / self.n
+        self.chunk_count = len(dm.chunks(self.split))
+        self.loss_sum = torch.zeros(self.network.W.shape[0], device=self.device)
+
+    def is_last_chunk(self, batch_idx: int) -> bool:
+        return batch_idx == self.chunk_count - 1
+
+
+class Stage1Module(_FullBatchModule):
+    """Full-batch GD on the first layer only: W <- W - eta1 (grad_W Lhat_D1 + beta1 W).
+
+    With ``center``, the loss is loss(t, y) + mean_D1(T) t, so that -loss'(0, y) = T(y) - mean(T).
+    Metrics (subspace mass, principal cosines) go to a device-side history every
+    ``every_n_steps`` steps, flushed to the logger every ``flush_every_n_steps`` steps (one host
+    synchronisation per flush); the flush also stops a diverged run.
+    """
+
+    def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config):
+        super().__init__(network, loss, "d1")
+        self.cfg = cfg
+        self.history: list[dict] = []
+
+    def configure_optimizers(self):
+        s1 = self.cfg.stage1
+        return torch.optim.SGD([self.network.W], lr=s1.lr, weight_decay=s1.weight_decay)
+
+    def on_train_start(self):
+        super().on_train_start()
+        dm = self.trainer.datamodule
+        K, steps = self.network.W.shape[0], self.cfg.stage1.steps
+        self.U = dm.U
+        if self.cfg.stage1.center:
+            self.shift = mean_preprocessing(dm.chunks("d1"), self.loss, self.n, self.reduce_sum)
+        else:
+            self.shift = torch.zeros(K, device=self.device)
+        self.mass = torch.full((steps + 1, K), float("nan"), device=self.device)
+        self.cosines = torch.full((steps + 1, K, self.U.shape[1]), float("nan"), device=self.device)
+        self.losses = torch.full((steps + 1, K), float("nan"), device=self.device)
+        self.flushed = -1
+        self.record(0)
+
+    @torch.no_grad()
+    def record(self, step: int) -> None:
+        W = self.network.W.detach()
+        self.mass[step] = subspace_mass(W, self.U)
+        self.cosines[step] = network_cosines(W, self.U)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        f = self.network(x)
+        per_sample = self.loss(f, y)
+        self.manual_backward((per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale)
+        self.loss_sum += per_sample.detach().sum(-1)
+        if not self.is_last_chunk(batch_idx):
+            return
+        optimizer = self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        step = self.current_epoch + 1
+        self.losses[step] = self.reduce_sum(self.loss_sum) / self.n
+        self.loss_sum.zero_()
+        metrics = self.cfg.metrics
+        if step % metrics.every_n_steps == 0 or step == self.cfg.stage1.steps:
+            self.record(step)
+        if step % metrics.flush_every_n_steps == 0 or step == self.cfg.stage1.steps:
+            self.flush(step)
+
+    def flush(self, upto: int) -> None:
+        """Move history rows (flushed, upto] to the host, stop on divergence, log them."""
+        rows = slice(self.flushed + 1, upto + 1)
+        mass, cosines, losses = self.mass[rows].cpu(), self.cosines[rows].cpu(), self.losses[rows].cpu()
+        finite = bool(torch.isfinite(self.network.W).all())
+        for i, step in enumerate(range(rows.start, rows.stop)):
+            if step > 0 and not bool(torch.isfinite(losses[i]).all()) or (not finite and step == upto):
+                raise MimError(
+                    f"stage 1 diverged at step {step}: the first-layer weights or the loss are not finite; "
+                    f"lower stage1.lr (now {self.cfg.stage1.lr}) or model.init_scale (now {self.cfg.model.init_scale})"
+                )
+            values = {}
+            if step > 0:
+                values["stage1/loss"] = float(losses[i, 0])
+            if not torch.isnan(mass[i, 0]):
+                values["stage1/subspace_mass"] = float(mass[i, 0])
+                values.update({f"stage1/principal_cosine_{k + 1}": float(c) for k, c in enumerate(cosines[i, 0])})
+                self.history.append({
+                    "step": step,
+                    "subspace_mass": mass[i].tolist(),
+                    "principal_cosines": cosines[i].tolist(),
+                })
+            if self.logger is not None and values:
+                self.logger.log_metrics(values, step=step)
+        self.flushed = upto
+
+    def on_train_end(self):
+        if self.flushed < self.cfg.stage1.steps:
+            self.flush(self.cfg.stage1.steps)
+
+
+class Stage2Module(_FullBatchModule):
+    """The convex second-layer fit on D2 with W fixed:
+    min_a (1/n2) sum_i loss(sum_j a_j sigma(w_j . x_i + b_j), y_i) + beta2 |a|^2.
+
+    Before the fit: biases re-initialised (normal / uniform / zero, scale s), rows of W optionally
+    rescaled to unit norm, a set to 0. Solvers: "ridge" solves the normal equations of the squared
+    loss 0.5 (t - y)^2 exactly, (Phi^T Phi / n + 2 beta2 I) a = Phi^T y / n, summed over chunks and
+    ranks; "gd" and "lbfgs" take one full-batch step per epoch.
+    """
+
+    def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config, solver: str, seeds):
+        super().__init__(network, loss, "d2")
+        self.cfg, self.solver, self.seeds = cfg, solver, list(seeds)
+        self.test_metric = RelativeMSE(replicas=len(self.seeds))
+        self.test_rel_mse = None
+        self.last_loss = None
+
+    def configure_optimizers(self):
+        s2 = self.cfg.stage2
+        if self.solver == "lbfgs":
+            return torch.optim.LBFGS([self.network.a], lr=s2.lr, max_iter=1, history_size=20)
+        return torch.optim.SGD([self.network.a], lr=s2.lr)
+
+    @torch.no_grad()
+    def prepare_network(self) -> None:
+        """Re-initialise b, rescale the rows of W, zero a."""
+        s2, net = self.cfg.stage2, self.network
+        K, m = net.b.shape
+        if s2.bias_init == "zero":
+            net.b.zero_()
+        else:
+            draws = []
+            for seed in self.seeds:
+                g = generator(seed, "bias", torch.device("cpu"))
+                draws.append(torch.randn(m, generator=g) if s2.bias_init == "normal" else 2 * torch.rand(m, generator=g) - 1)
+            net.b.copy_(torch.stack(draws).to(net.b) * s2.bias_scale)
+        if s2.rescale:
+            net.W.div_(net.W.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(net.W.dtype).tiny))
+        net.a.zero_()
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.prepare_network()
+        self.network.W.requires_grad_(False)
+        self.network.a.requires_grad_(True)
+        if self.solver == "ridge":
+            m = self.network.a.shape[1]
+            K = self.network.a.shape[0]
+            self.gram = torch.zeros(K, m, m, device=self.device, dtype=torch.float64)
+            self.moment = torch.zeros(K, m, device=self.device, dtype=torch.float64)
+            self.y_sq = torch.zeros(K, device=self.device, dtype=torch.float64)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.solver == "ridge":
+            self.accumulate_normal_equations(x, y)
+        else:
+            f = self.network(x)
+            per_sample = self.loss(f, y)
+            penalty = self.cfg.stage2.ridge * self.network.a.square().sum() / self.chunk_count
+            self.manual_backward(per_sample.sum() * self.scale + penalty * self.trainer.world_size)
+            self.loss_sum += per_sample.detach().sum(-1)
+        if self.is_last_chunk(batch_idx):
+            self.finish_pass()
+
+    @torch.no_grad()
+    def accumulate_normal_equations(self, x, y) -> None:
+        phi = self.network.features(x).double()
+        y = y.double()
+        self.gram += torch.bmm(phi.transpose(1, 2), phi)
+        self.moment += torch.bmm(phi.transpose(1, 2), y.unsqueeze(-1)).squeeze(-1)
+        self.y_sq += y.square().sum(-1)
+
+    def finish_pass(self) -> None:
+        beta2 = self.cfg.stage2.ridge
+        if self.solver == "ridge":
+            gram, moment, y_sq = (self.reduce_sum(t) / self.n for t in (self.gram, self.moment, self.y_sq))
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            a = torch.linalg.solve(gram + 2 * beta2 * eye, moment)
+            fit = 0.5 * (torch.einsum("ki,kij,kj->k", a, gram, a) - 2 * (a * moment).sum(-1) + y_sq)
+            objective = fit + beta2 * a.square().sum(-1)
+            with torch.no_grad():
+                self.network.a.copy_(a.to(self.network.a.dtype))
+        else:
+            objective = self.reduce_sum(self.loss_sum) / self.n + beta2 * self.network.a.detach().square().sum(-1)
+            self.loss_sum.zero_()
+            optimizer = self.optimizers()
+            optimizer.step(closure=lambda: objective.sum())
+            optimizer.zero_grad(set_to_none=False)
+        self.last_loss = objective
+        value = float(objective[0])  # one host sync per stage-2 pass (not the stage-1 hot path)
+        if not torch.isfinite(objective).all() or not bool(torch.isfinite(self.network.a).all()):
+            raise MimError(
+                f"stage 2 diverged at step {self.current_epoch + 1}: the second-layer weights or the loss are "
+                f"not finite; lower stage2.lr (now {self.cfg.stage2.lr}) or use stage2.solver=ridge with squared loss"
+            )
+        if self.logger is not None:
+            self.logger.log_metrics({"stage2/loss": value}, step=self.current_epoch + 1)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_metric.update(self.network(x), y)
+
+    def on_test_epoch_end(self):
+        self.test_rel_mse = self.test_metric.compute().reshape(-1)  # torchmetrics squeezes K = 1
+        self.test_metric.reset()

@@ -1,0 +1,58 @@
+"""Label preprocessing and the spectral-estimator baseline (SCIENCE.md sections 4 and 6)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from mim_lightning.metrics import principal_cosines
+
+
+def preprocess(loss: Callable, y: torch.Tensor) -> torch.Tensor:
+    """T(y) = -d/dt loss(t, y) at t = 0, by autograd (elementwise, same shape as y)."""
+    with torch.enable_grad():
+        t = torch.zeros_like(y, requires_grad=True)
+        (grad,) = torch.autograd.grad(loss(t, y).sum(), t)
+    return -grad.detach()
+
+
+def label_weighted_covariance(chunks, weight: Callable, n: int, reduce: Callable) -> torch.Tensor:
+    """(1/n) sum_i w(y_i) x_i x_i^T over all chunks and ranks: (K, d, d).
+
+    ``weight`` maps y (K, c) to w (K, c); ``reduce`` sums a tensor over ranks.
+    """
+    total = None
+    for x, y in chunks:
+        part = torch.bmm(x.transpose(1, 2) * weight(y).unsqueeze(1), x)
+        total = part if total is None else total + part
+    return reduce(total) / n
+
+
+def spectral_estimate(sigma: torch.Tensor, r: int, order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-r eigenvectors (K, r, d) and their eigenvalues (K, r) of symmetric sigma (K, d, d).
+
+    order "magnitude" ranks eigenvalues by |lambda|, "largest" by lambda, "smallest" by -lambda.
+    """
+    values, vectors = torch.linalg.eigh(sigma.double())
+    key = {"magnitude": values.abs(), "largest": values, "smallest": -values}[order]
+    idx = key.argsort(dim=-1, descending=True)[..., :r]
+    top_values = values.gather(-1, idx)
+    top_vectors = vectors.gather(-1, idx.unsqueeze(1).expand(-1, vectors.shape[1], -1))
+    return top_vectors.transpose(1, 2).to(sigma.dtype), top_values.to(sigma.dtype)
+
+
+def spectral_cosines(chunks, loss: Callable, shift: torch.Tensor, n: int, U: torch.Tensor,
+                     reduce: Callable, orders=("magnitude", "largest")) -> dict[str, torch.Tensor]:
+    """Principal cosines (K, r) of the spectral estimator with preprocessing T(y) - shift, per order.
+
+    Sigmahat = (1/n) sum_i (T(y_i) - shift) x_i x_i^T (the stage-1 matrix up to sign).
+    """
+    sigma = label_weighted_covariance(chunks, lambda y: preprocess(loss, y) - shift.unsqueeze(-1), n, reduce)
+    return {order: principal_cosines(spectral_estimate(sigma, U.shape[1], order)[0], U) for order in orders}
+
+
+def mean_preprocessing(chunks, loss: Callable, n: int, reduce: Callable) -> torch.Tensor:
+    """E_n[T(y)] over all chunks and ranks, per replica: (K,)."""
+    total = sum(preprocess(loss, y).sum(-1) for _, y in chunks)
+    return reduce(total) / n
