@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -36,6 +39,15 @@ def main(debug):
     """mim-lightning: two-layer networks learning Gaussian multi-index models, layer by layer."""
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (device banners, tips) and its own deprecation notices out of
+    the summary; warnings about the user's run still show. Call after importing lightning, which
+    sets its logger's level on import."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+
+
 def summary(results: dict) -> str:
     cos = ", ".join(f"{c:.3f}" for c in results["principal_cosines"])
     spec = ", ".join(f"{c:.3f}" for c in results["spectral_principal_cosines"])
@@ -64,11 +76,17 @@ def train(config, overrides, out, accelerator, devices, strategy, num_nodes):
     from mim_lightning.config import load_config
     from mim_lightning.runner import train as run_training
 
+    quiet_lightning()
+
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
              "trainer.strategy": strategy, "trainer.num_nodes": num_nodes}
     overrides = list(overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, overrides)
     out = Path(out)
+    if rank_zero_only.rank == 0:
+        for stale in ("results.json", "config.yaml"):
+            (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # a fresh run's curves only
     results = run_training(cfg, out)
     if rank_zero_only.rank == 0:
         out.mkdir(parents=True, exist_ok=True)

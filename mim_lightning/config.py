@@ -25,8 +25,8 @@ class DataConfig(Section):
     r: int = Field(2, gt=0, description="dimension of the hidden subspace U (r <= d)")
     link: str = Field("sum_he2", description="link g (a registered link name)")
     noise: float = Field(0.0, ge=0, description="std of Gaussian label noise added to g(Ux)")
-    alpha: float = Field(16.0, gt=0, description="stage-1 samples n1 = alpha * d")
-    alpha2: float = Field(16.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
+    alpha: float = Field(32.0, gt=0, description="stage-1 samples n1 = alpha * d")
+    alpha2: float = Field(32.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
     n_test: int = Field(4096, gt=0, description="test samples")
     chunk_size: int = Field(0, ge=0, description="samples per chunk of a full-batch pass (0: all at once); results do not depend on it")
 
@@ -57,7 +57,7 @@ class Stage2Config(Section):
 
 
 class MetricsConfig(Section):
-    every_n_steps: int = Field(1, gt=0, description="compute stage-1 metrics (SVD of W) every k steps")
+    every_n_steps: int = Field(1, gt=0, description="compute stage-1 metrics (top-r singular subspace of W) every k steps; the last step always")
     flush_every_n_steps: int = Field(10, gt=0, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
 
 

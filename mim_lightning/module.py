@@ -79,9 +79,13 @@ class Stage1Module(_FullBatchModule):
 
     @torch.no_grad()
     def record(self, step: int) -> None:
+        """Metrics of W into the history row ``step``; NaN (no exception, no sync) if W is not finite."""
         W = self.network.W.detach()
-        self.mass[step] = subspace_mass(W, self.U)
-        self.cosines[step] = network_cosines(W, self.U)
+        finite = torch.isfinite(W).flatten(1).all(-1)                    # (K,)
+        W = torch.where(finite.view(-1, 1, 1), W, torch.ones_like(W))
+        nan = torch.tensor(float("nan"), device=W.device)
+        self.mass[step] = torch.where(finite, subspace_mass(W, self.U), nan)
+        self.cosines[step] = torch.where(finite.unsqueeze(-1), network_cosines(W, self.U), nan)
 
     def training_step(self, batch, batch_idx):
         x, y = batch

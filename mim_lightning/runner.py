@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mim_lightning import plugins
@@ -54,13 +54,53 @@ def solver_for(cfg: Config) -> str:
 
 
 def make_trainer(cfg: Config, max_epochs: int, logger) -> L.Trainer:
+    """A Trainer for one stage (one epoch = one full-batch step); bad trainer.* values -> MimError."""
     t = cfg.trainer
-    return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        num_sanity_val_steps=0, log_every_n_steps=1,
+    try:
+        return L.Trainer(
+            accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+            precision=t.precision, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+            num_sanity_val_steps=0, log_every_n_steps=1,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MimError(f"trainer settings (accelerator={t.accelerator!r}, devices={t.devices!r}, "
+                       f"strategy={t.strategy!r}, precision={t.precision!r}): {first}") from None
+
+
+def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, TwoLayerNetwork]:
+    """The run's components, its data module and its freshly initialised network."""
+    components = resolve_components(cfg)
+    seeds = [cfg.seed] if seeds is None else list(seeds)
+    dm = MultiIndexDataModule(
+        seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
+        {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
     )
+    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale)
+    return components, dm, network
+
+
+def run_stage1(cfg, components, dm, network, logger=None) -> tuple[Stage1Module, dict]:
+    """Stage 1 on D1, then the spectral baseline on the same D1: (module, {order: cosines (K, r)})."""
+    stage1 = Stage1Module(network, components.stage1_loss, cfg)
+    trainer = make_trainer(cfg, cfg.stage1.steps, logger)
+    dm.split = "d1"
+    trainer.fit(stage1, datamodule=dm)
+    reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, stage1.shift, dm.n("d1"), dm.U, reduce)
+    return stage1, spectral
+
+
+def run_stage2(cfg, components, dm, network, seeds, logger=None) -> Stage2Module:
+    """Stage 2 on D2 and the test evaluation (``module.test_rel_mse``, (K,))."""
+    solver = solver_for(cfg)
+    stage2 = Stage2Module(network, components.stage2_loss, cfg, solver, seeds)
+    trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger)
+    dm.split = "d2"
+    trainer.fit(stage2, datamodule=dm)
+    trainer.test(stage2, datamodule=dm, verbose=False)
+    return stage2
 
 
 def train(cfg: Config, out: Path, assumptions=None) -> dict:
@@ -69,35 +109,19 @@ def train(cfg: Config, out: Path, assumptions=None) -> dict:
     The reported principal cosines and subspace mass are those of W after stage 1 (before the
     stage-2 rescaling, which changes row norms and hence W's singular subspace).
     """
-    components = resolve_components(cfg)
-    solver = solver_for(cfg)
-    seeds = [cfg.seed]
-    dm = MultiIndexDataModule(
-        seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
-        {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
-    )
-    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale)
+    solver_for(cfg)
+    components, dm, network = build(cfg)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
 
     timings = {}
     start = time.perf_counter()
-    stage1 = Stage1Module(network, components.stage1_loss, cfg)
-    trainer1 = make_trainer(cfg, cfg.stage1.steps, logger)
-    trainer1.fit(stage1, datamodule=dm)
-    reduce = lambda t: trainer1.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, stage1.shift, dm.n("d1"), dm.U, reduce)
+    stage1, spectral = run_stage1(cfg, components, dm, network, logger)
     timings["stage1"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    dm.split = "d2"
-    stage2 = Stage2Module(network, components.stage2_loss, cfg, solver, seeds)
-    trainer2 = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger)
-    trainer2.fit(stage2, datamodule=dm)
-    trainer2.test(stage2, datamodule=dm, verbose=False)
+    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed], logger)
     timings["stage2"] = time.perf_counter() - start
 
-    history = stage1.history
-    final = history[-1]
+    final = stage1.history[-1]
     results = {
         "principal_cosines": final["principal_cosines"][0],
         "subspace_mass": final["subspace_mass"][0],
@@ -109,7 +133,7 @@ def train(cfg: Config, out: Path, assumptions=None) -> dict:
         "assumptions": assumptions if assumptions is not None else [],
         "timings": timings,
         "history": [{"step": h["step"], "subspace_mass": h["subspace_mass"][0],
-                     "principal_cosines": h["principal_cosines"][0]} for h in history],
+                     "principal_cosines": h["principal_cosines"][0]} for h in stage1.history],
     }
     final_metrics = {
         "final/min_principal_cosine": min(results["principal_cosines"]),
@@ -117,7 +141,7 @@ def train(cfg: Config, out: Path, assumptions=None) -> dict:
         "final/test_rel_mse": results["test_rel_mse"],
         "final/spectral_min_principal_cosine": min(results["spectral_principal_cosines"]),
     }
-    logger.log_hyperparams({k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()},
-                           metrics=final_metrics)
+    hparams = {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()}
+    logger.log_hyperparams(hparams, metrics=final_metrics)
     logger.finalize("success")
     return results

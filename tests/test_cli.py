@@ -1,0 +1,118 @@
+"""`mim train` end to end through click's CliRunner: the contract files, TensorBoard, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mim_lightning.cli import main
+from mim_lightning.config import Config, load_config
+
+from helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = {"principal_cosines", "subspace_mass", "test_rel_mse", "spectral_principal_cosines",
+            "config", "assumptions", "timings", "history"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_quickstart_yaml_is_the_default_config():
+    assert load_config(ROOT / "configs" / "quickstart.yaml") == Config()
+
+
+def test_train_writes_the_contract(tmp_path):
+    result = run("train", "--out", tmp_path, *sets(TINY), "--set", "stage1.steps=4")
+    assert result.exit_code == 0, result.output
+    assert "principal cosines" in result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert CONTRACT <= set(results)
+    assert len(results["principal_cosines"]) == 2
+    assert results["principal_cosines"] == sorted(results["principal_cosines"], reverse=True)
+    assert [h["step"] for h in results["history"]] == [0, 1, 2, 3, 4]
+    assert set(results["timings"]) == {"stage1", "stage2"}
+    resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert resolved["stage1"]["steps"] == 4 and resolved["data"]["d"] == 32
+    assert Config.model_validate(resolved) == Config.model_validate(results["config"])
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("stage1/subspace_mass", "stage1/principal_cosine_1", "stage1/principal_cosine_2", "stage1/loss"):
+        assert tag in scalars
+    assert [e.step for e in events.Scalars("stage1/subspace_mass")] == [0, 1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("stage1/loss")] == [1, 2, 3, 4]
+    assert "stage2/loss" in scalars
+    assert events.Scalars("stage1/subspace_mass")[-1].value == pytest.approx(results["subspace_mass"], rel=1e-6)
+
+
+def test_metrics_every_k_steps(tmp_path):
+    result = run("train", "--out", tmp_path, *sets(TINY), *sets(["stage1.steps=7", "metrics.every_n_steps=3",
+                                                                  "metrics.flush_every_n_steps=2"]))
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [0, 3, 6, 7]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.d=-5"], "config key 'data.d': Input should be greater than 0"),
+    (["data.d=0"], "config key 'data.d'"),
+    (["data.r=40"], "data.r = 40 must be <= data.d = 32"),
+    (["data.alhpa=3"], "unknown config key 'data.alhpa' (did you mean 'data.alpha'?)"),
+    (["dta.d=3"], "unknown config key 'dta'"),
+    (["data.link=z1z3"], "data.link: unknown link 'z1z3' (did you mean 'z1z2'?); available: he2,"),
+    (["model.activation=gelu"], "model.activation: unknown activation 'gelu'"),
+    (["stage1.loss=l1"], "stage1.loss: unknown loss 'l1'"),
+    (["data.d=abc"], "config key 'data.d': Input should be a valid integer"),
+    (["model.width=33"], "model.width = 33 must be even"),
+    (["data.link=z1z2", "data.r=1"], "data.r = 1 is too small for link 'z1z2', which needs r >= 2"),
+    (["stage2.solver=ridge", "stage2.loss=huber"], "stage2.solver = ridge needs stage2.loss = squared"),
+    (["stage2.solver=newton"], "config key 'stage2.solver': Input should be"),
+    (["data"], "--set 'data': expected KEY=VALUE"),
+])
+def test_bad_input_gets_one_line_and_no_results(tmp_path, overrides, message):
+    result = run("train", "--out", tmp_path, *sets(TINY), *sets(overrides))
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_bad_config_files(tmp_path):
+    missing = run("train", tmp_path / "nope.yaml", "--out", tmp_path)
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    result = run("train", listing, "--out", tmp_path)
+    assert result.exit_code != 0 and "must hold a mapping" in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: {d: 3\n")
+    result = run("train", broken, "--out", tmp_path)
+    assert result.exit_code != 0 and "not valid YAML" in result.output
+
+
+def test_acceptance_quickstart_recovers_both_directions(tmp_path):
+    result = run("train", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert min(results["principal_cosines"]) >= 0.8
+    assert results["test_rel_mse"] < 0.5
+
+
+def test_acceptance_z1z2_recovers_both_signs(tmp_path):
+    """z1 z2 has eigenvalues +1 and -1 on U: eta1 * beta1 = 1 must find both directions."""
+    result = run("train", "--out", tmp_path, *sets(["data.link=z1z2", "data.r=2", "data.d=256", "data.alpha=16"]))
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert min(results["principal_cosines"]) >= 0.8

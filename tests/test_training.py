@@ -1,0 +1,112 @@
+"""The two stages against the maths: power iteration, chunking, sharding, the stage-2 fits."""
+
+import pytest
+import torch
+
+from mim_lightning.data import MultiIndexDataModule, make_split, random_subspace
+from mim_lightning.components.links import z1z2
+from mim_lightning.errors import MimError
+from mim_lightning.runner import build, run_stage1, run_stage2
+
+from helpers import tiny_config
+
+
+def test_one_stage1_step_is_power_iteration():
+    """Quadratic activation, f = 0 at init: W1 = (1 - eta beta) W0 - eta diag(a) W0 Sigmahat,
+    Sigmahat = (1/n) sum_i (loss'(0, y_i) + mean T) x_i x_i^T (centred preprocessing)."""
+    cfg = tiny_config("model.activation=quadratic", "stage1.steps=1", "stage1.lr=0.7",
+                      "stage1.weight_decay=0.4", "data.link=z1z2", "model.init_scale=1e-3")
+    components, dm, network = build(cfg)
+    W0 = network.W.detach().clone()[0]
+    a = network.a.detach()[0]
+    run_stage1(cfg, components, dm, network)
+    x, y = dm.tensors["d1"]
+    x, y = x[0].double(), y[0].double()
+    T = y - y.mean()                                   # squared loss: T(y) = y, centred
+    sigma = -(x.T * T) @ x / x.shape[0]                # (1/n) sum loss'(0, y) x x^T
+    eta, beta = 0.7, 0.4
+    want = (1 - eta * beta) * W0.double() - eta * a.double()[:, None] * (W0.double() @ sigma)
+    assert torch.allclose(network.W.detach()[0].double(), want, rtol=1e-4, atol=1e-9)
+
+
+def test_chunked_full_batch_equals_one_chunk():
+    base = tiny_config("data.alpha=10")
+    chunked = tiny_config("data.alpha=10", "data.chunk_size=100")
+    weights = []
+    for cfg in (base, chunked):
+        components, dm, network = build(cfg)
+        run_stage1(cfg, components, dm, network)
+        weights.append(network.W.detach().clone())
+        assert len(dm.chunks("d1")) == (1 if cfg is base else 4)
+    assert torch.allclose(weights[0], weights[1], rtol=1e-5, atol=1e-12)
+
+
+def test_shards_of_any_world_size_make_the_same_dataset():
+    U = random_subspace(5, 16, 2, "cpu")[None]
+    args = (U, z1z2, "z1z2", 0.1)
+    x1, y1 = make_split([5], "d1", 3000, *args, 0, 1, "cpu")
+    xs = [make_split([5], "d1", 3000, *args, rank, 3, "cpu")[0] for rank in range(3)]
+    # rank k owns blocks k, k+3, ... of 1024 rows: 3000 rows are blocks 0, 1, 2
+    assert torch.equal(torch.cat([xs[0], xs[1], xs[2]], dim=1), x1)
+
+
+def test_subspace_is_orthonormal_and_seeded():
+    U = random_subspace(3, 50, 4, "cpu")
+    assert torch.allclose(U @ U.T, torch.eye(4), atol=1e-6)
+    assert torch.equal(U, random_subspace(3, 50, 4, "cpu"))
+    assert not torch.equal(U, random_subspace(4, 50, 4, "cpu"))
+
+
+def test_ridge_solves_the_normal_equations():
+    cfg = tiny_config("stage2.ridge=0.01", "data.chunk_size=90")
+    components, dm, network = build(cfg)
+    run_stage1(cfg, components, dm, network)
+    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed])
+    x, y = dm.tensors["d2"]
+    phi = network.features(x)[0].double()
+    n, m = phi.shape
+    want = torch.linalg.solve(phi.T @ phi / n + 2 * 0.01 * torch.eye(m, dtype=torch.float64), phi.T @ y[0].double() / n)
+    assert torch.allclose(network.a.detach()[0].double(), want, rtol=1e-4, atol=1e-6)
+    f = phi @ want
+    xt, yt = dm.tensors["test"]
+    pred = network(xt)[0].double()
+    rel = ((pred - yt[0]) ** 2).mean() / yt[0].double().var(unbiased=False)
+    assert stage2.test_rel_mse[0].item() == pytest.approx(rel.item(), rel=1e-4)
+    assert f.shape == (n,)
+
+
+def test_lbfgs_reaches_the_ridge_solution_for_squared_loss():
+    solutions = []
+    for solver in ("ridge", "lbfgs"):
+        cfg = tiny_config("stage2.ridge=0.01", f"stage2.solver={solver}", "stage2.steps=200")
+        components, dm, network = build(cfg)
+        run_stage1(cfg, components, dm, network)
+        stage2 = run_stage2(cfg, components, dm, network, [cfg.seed])
+        solutions.append(stage2.last_loss.item())
+    assert solutions[1] == pytest.approx(solutions[0], rel=1e-3)
+
+
+def test_divergence_names_the_stage_step_and_knob():
+    cfg = tiny_config("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1", "stage1.steps=40")
+    components, dm, network = build(cfg)
+    with pytest.raises(MimError, match=r"stage 1 diverged at step \d+.*stage1.lr"):
+        run_stage1(cfg, components, dm, network)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    runs = []
+    for seed in (0, 0, 1):
+        cfg = tiny_config(f"seed={seed}")
+        components, dm, network = build(cfg)
+        run_stage1(cfg, components, dm, network)
+        runs.append(network.W.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_datamodule_without_trainer_is_single_process():
+    dm = MultiIndexDataModule([0], 8, 2, z1z2, "z1z2", 0.0, {"d1": 100, "d2": 50, "test": 10})
+    dm.setup()
+    assert dm.tensors["d1"][0].shape == (1, 100, 8)
+    with pytest.raises(MimError, match="link 'bad' returned shape"):
+        MultiIndexDataModule([0], 8, 2, lambda z: z, "bad", 0.0, {"d1": 10}).setup()
