@@ -116,3 +116,23 @@ def test_acceptance_z1z2_recovers_both_signs(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert min(results["principal_cosines"]) >= 0.8
+
+
+def test_readme_documents_every_key_and_ci_runs_its_test_command():
+    from mim_lightning.config import all_keys
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key in all_keys() if f"| `{key}` |" not in readme]
+    assert not missing, f"keys missing from the README's configuration reference: {missing}"
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = [line for line in ci.splitlines() if "pytest" in line][0].strip()
+    assert test_command in readme
+
+
+def test_hparams_and_final_metrics_reach_tensorboard(tmp_path):
+    result = run("train", "--out", tmp_path, *sets(TINY))
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "final/test_rel_mse" in events.Tags()["scalars"]
+    assert events.PluginTagToContent("hparams")  # the HParams entry: config -> final metrics
