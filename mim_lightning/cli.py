@@ -96,5 +96,22 @@ def train(config, overrides, out, accelerator, devices, strategy, num_nodes):
         click.echo(f"wrote {out / 'results.json'}; TensorBoard: tensorboard --logdir {out}")
 
 
+@main.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Output a JSON list.")
+@friendly_errors
+def plugins_command(as_json):
+    """Installed plugins (built-ins included) and the components each registers."""
+    from mim_lightning import plugins
+
+    infos = plugins.plugin_infos()
+    for info in infos:
+        if info.errors:
+            click.echo(f"Warning: {info.describe()} is broken: {info.error}", err=True)
+    if as_json:
+        click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
+    else:
+        click.echo(plugins.format_plugins(infos))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

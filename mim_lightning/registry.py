@@ -4,13 +4,50 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 from mim_lightning.errors import MimError
 
 KINDS = ("link", "loss", "activation")
+PLURAL = {"link": "links", "loss": "losses", "activation": "activations"}
 ARITY = {"link": 1, "loss": 2, "activation": 1}
+
+
+@dataclass
+class PluginInfo:
+    """Where a plugin comes from, what it registered and what went wrong (``errors``)."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    builtin: bool = False
+    entry_point: str | None = None  # "name = module[:attr]"
+    components: dict[str, list[str]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    errors: list[str] = field(default_factory=list)
+    loaded: bool = False  # an entry point's plugin made it into the PluginManager
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.errors) or None
+
+    def describe(self) -> str:
+        """"plugin 'x' (entry point x = x_mod, dist 1.0)" or "plugin 'x' (built-in)"."""
+        details = ["built-in"] if self.builtin else []
+        if self.entry_point:
+            details.append(f"entry point {self.entry_point}")
+        if self.distribution and not self.builtin:
+            details.append(f"{self.distribution} {self.version}" if self.version else self.distribution)
+        return f"plugin {self.name!r}" + (f" ({', '.join(details)})" if details else "")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "distribution": self.distribution, "version": self.version,
+            "builtin": self.builtin, "entry_point": self.entry_point,
+            **{PLURAL[kind]: list(self.components[kind]) for kind in KINDS},
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)
@@ -47,37 +84,80 @@ def _accepts(fn: Callable, n_args: int) -> bool:
     return True
 
 
+def _check_metadata(kind: str, metadata: dict) -> str | None:
+    """Why the known metadata keys are invalid, or None."""
+    min_r = metadata.get("min_r", 1)
+    if isinstance(min_r, bool) or not isinstance(min_r, int) or min_r < 1:
+        return f"metadata min_r must be an integer >= 1, got {min_r!r}"
+    degree = metadata.get("degree")
+    if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 0):
+        return f"metadata degree must be an integer >= 0 or None, got {degree!r}"
+    return None
+
+
 class Registry:
-    """Components by kind and name; lookups of unknown names list the available ones."""
+    """Components by kind and name; lookups of unknown names list the available ones.
+
+    ``plugins`` describes every plugin that contributed (or failed to); lookups print a one-line
+    warning on stderr for the broken plugins that may explain a missing or shadowed component.
+    """
 
     def __init__(self):
         self._items: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self.plugins: dict[str, PluginInfo] = {}
+        self.rejected: dict[tuple[str, str], list[str]] = {}  # (kind, name) -> registration errors
+        self._warned: set[str] = set()
+
+    def describe(self, plugin: str) -> str:
+        info = self.plugins.get(plugin)
+        return info.describe() if info else f"plugin {plugin!r}"
 
     def add(self, kind: str, name: str, fn: Callable, plugin: str, **metadata) -> Component:
+        who = self.describe(plugin)
         if not isinstance(name, str) or not name:
-            raise RegistrationError(f"plugin {plugin!r}: {kind} name must be a non-empty string, got {name!r}")
+            raise RegistrationError(f"{who}: {kind} name must be a non-empty string, got {name!r}")
         if not callable(fn):
-            raise RegistrationError(f"plugin {plugin!r}: {kind} {name!r} is not callable (got {type(fn).__name__})")
+            raise RegistrationError(f"{who}: {kind} {name!r} is not callable (got {type(fn).__name__})")
         if not _accepts(fn, ARITY[kind]):
             raise RegistrationError(
-                f"plugin {plugin!r}: {kind} {name!r} must take {ARITY[kind]} argument(s)"
+                f"{who}: {kind} {name!r} must take {ARITY[kind]} argument(s)"
                 f" ({'z' if kind == 'link' else 't, y' if kind == 'loss' else 'u'})"
             )
+        problem = _check_metadata(kind, metadata)
+        if problem:
+            raise RegistrationError(f"{who}: {kind} {name!r}: {problem}")
         existing = self._items[kind].get(name)
         if existing is not None:
             raise RegistrationError(
-                f"plugin {plugin!r}: {kind} {name!r} is already registered by plugin {existing.plugin!r}"
+                f"{who}: {kind} {name!r} is already registered by {self.describe(existing.plugin)}"
             )
         component = Component(kind, name, fn, plugin, dict(metadata))
         self._items[kind][name] = component
+        if plugin in self.plugins:
+            self.plugins[plugin].components[kind].append(name)
         return component
+
+    def broken(self) -> list[PluginInfo]:
+        return [info for info in self.plugins.values() if info.errors]
+
+    def warn(self, message: str) -> None:
+        """A one-line warning on stderr, once per registry."""
+        if message not in self._warned:
+            self._warned.add(message)
+            sys.stderr.write(f"Warning: {message}\n")
 
     def get(self, kind: str, name: str) -> Component:
         items = self._items[kind]
         if name not in items:
+            broken = self.broken()
+            for info in broken:
+                self.warn(f"{info.describe()} is broken: {info.error}")
+            hint = f"; {len(broken)} plugin(s) failed to load, see `mim plugins`" if broken else ""
             raise MimError(
-                f"unknown {kind} {name!r}{closest(str(name), items)}; available: {', '.join(sorted(items))}"
+                f"unknown {kind} {name!r}{closest(str(name), items)}; available: {', '.join(sorted(items))}{hint}"
             )
+        for message in self.rejected.get((kind, name), []):
+            self.warn(f"{message}; using the one from {self.describe(items[name].plugin)}")
         return items[name]
 
     def names(self, kind: str) -> list[str]:
