@@ -61,6 +61,10 @@ class MetricsConfig(Section):
     flush_every_n_steps: int = Field(10, gt=0, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
 
 
+class ChecksConfig(Section):
+    strict: bool = Field(False, description="refuse to train when a component violates one of the paper's assumptions (otherwise: warn)")
+
+
 class TrainerConfig(Section):
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto, ...")
     devices: int | str = Field(1, description="Lightning devices: a count, -1 for all, or 'auto'")
@@ -77,6 +81,7 @@ class Config(Section):
     stage2: Stage2Config = Stage2Config()
     metrics: MetricsConfig = MetricsConfig()
     trainer: TrainerConfig = TrainerConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -103,6 +103,16 @@ def run_stage2(cfg, components, dm, network, seeds, logger=None) -> Stage2Module
     return stage2
 
 
+def log_assumptions(logger, assumptions: list[dict]) -> None:
+    """The assumption report as a Markdown table in TensorBoard's TEXT tab (rank zero only:
+    elsewhere ``logger.experiment`` is a no-op stand-in)."""
+    from mim_lightning.report import markdown_table
+
+    experiment = getattr(logger, "experiment", None)
+    if experiment is not None and hasattr(experiment, "add_text"):
+        experiment.add_text("assumptions", markdown_table(assumptions), global_step=0)
+
+
 def train(cfg: Config, out: Path, assumptions=None) -> dict:
     """Run both stages and return the results dict (contract fields of results.json).
 
@@ -112,6 +122,8 @@ def train(cfg: Config, out: Path, assumptions=None) -> dict:
     solver_for(cfg)
     components, dm, network = build(cfg)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
+    if assumptions:
+        log_assumptions(logger, assumptions)
 
     timings = {}
     start = time.perf_counter()
