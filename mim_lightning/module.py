@@ -23,12 +23,20 @@ from mim_lightning.spectral import mean_preprocessing
 class _FullBatchModule(L.LightningModule):
     """Shared plumbing: chunk bookkeeping and sums over ranks."""
 
+    trained = "W"
+
     def __init__(self, network: TwoLayerNetwork, loss: Callable, split: str):
         super().__init__()
         self.automatic_optimization = False
         self.network = network
         self.loss = loss
         self.split = split
+
+    def setup(self, stage: str) -> None:
+        """Only the stage's layer requires grad; this runs before DDP wraps the model, so DDP
+        synchronises exactly that layer's gradient."""
+        for name, parameter in self.network.named_parameters():
+            parameter.requires_grad_(name == self.trained)
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
@@ -145,8 +153,12 @@ class Stage2Module(_FullBatchModule):
     Before the fit: biases re-initialised (normal / uniform / zero, scale s), rows of W optionally
     rescaled to unit norm, a set to 0. Solvers: "ridge" solves the normal equations of the squared
     loss 0.5 (t - y)^2 exactly, (Phi^T Phi / n + 2 beta2 I) a = Phi^T y / n, summed over chunks and
-    ranks; "gd" and "lbfgs" take one full-batch step per epoch.
+    ranks; "gd" and "lbfgs" take one full-batch step per epoch. The gd step is
+    stage2.lr / L with L = lambda_max(Phi^T Phi / n) + 2 beta2, the smoothness constant for losses
+    with loss'' <= 1 (all built-ins), so stage2.lr < 2 converges.
     """
+
+    trained = "a"
 
     def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config, solver: str, seeds):
         super().__init__(network, loss, "d2")
@@ -178,17 +190,30 @@ class Stage2Module(_FullBatchModule):
             net.W.div_(net.W.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(net.W.dtype).tiny))
         net.a.zero_()
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.prepare_network()
+
     def on_train_start(self):
         super().on_train_start()
-        self.prepare_network()
-        self.network.W.requires_grad_(False)
-        self.network.a.requires_grad_(True)
+        if self.solver == "gd":
+            self.scale_step_size()
         if self.solver == "ridge":
             m = self.network.a.shape[1]
             K = self.network.a.shape[0]
             self.gram = torch.zeros(K, m, m, device=self.device, dtype=torch.float64)
             self.moment = torch.zeros(K, m, device=self.device, dtype=torch.float64)
             self.y_sq = torch.zeros(K, device=self.device, dtype=torch.float64)
+
+    @torch.no_grad()
+    def scale_step_size(self) -> None:
+        """Set the gd step to stage2.lr / (lambda_max(Phi^T Phi / n) + 2 beta2): one pass over D2."""
+        gram = sum(torch.bmm(phi.transpose(1, 2), phi) for phi in
+                   (self.network.features(x).double() for x, _ in self.trainer.datamodule.chunks("d2")))
+        top = torch.linalg.eigvalsh(self.reduce_sum(gram) / self.n)[:, -1].max()
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = self.cfg.stage2.lr / float(top + 2 * self.cfg.stage2.ridge)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -198,7 +223,7 @@ class Stage2Module(_FullBatchModule):
             f = self.network(x)
             per_sample = self.loss(f, y)
             penalty = self.cfg.stage2.ridge * self.network.a.square().sum() / self.chunk_count
-            self.manual_backward(per_sample.sum() * self.scale + penalty * self.trainer.world_size)
+            self.manual_backward(per_sample.sum() * self.scale + penalty)  # DDP averages: penalty once
             self.loss_sum += per_sample.detach().sum(-1)
         if self.is_last_chunk(batch_idx):
             self.finish_pass()
