@@ -63,37 +63,76 @@ def summary(results: dict) -> str:
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True, help="Output directory.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/latest].")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the interrupted run in this directory (its config.yaml and checkpoints/last.ckpt).")
 @click.option("--accelerator", help="Lightning accelerator (cpu, gpu, auto); overrides trainer.accelerator.")
 @click.option("--devices", help="Devices per node (a count, -1 for all); overrides trainer.devices.")
 @click.option("--strategy", help="Lightning strategy (auto, ddp, ...); overrides trainer.strategy.")
 @click.option("--num-nodes", type=int, help="Number of nodes; overrides trainer.num_nodes.")
 @friendly_errors
-def train(config, overrides, out, accelerator, devices, strategy, num_nodes):
+def train(config, overrides, out, resume, accelerator, devices, strategy, num_nodes):
     """One two-stage run. Without CONFIG it runs the built-in quickstart."""
     from lightning.pytorch.utilities import rank_zero_only
 
+    from mim_lightning.checkpointing import Interrupted, StopRequest
     from mim_lightning.config import load_config
     from mim_lightning.runner import train as run_training
 
     quiet_lightning()
-
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
              "trainer.strategy": strategy, "trainer.num_nodes": num_nodes}
     overrides = list(overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = load_config(config, overrides)
-    out = Path(out)
-    if rank_zero_only.rank == 0:
-        for stale in ("results.json", "config.yaml"):
-            (out / stale).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # a fresh run's curves only
-    results = run_training(cfg, out)
-    if rank_zero_only.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    if resume is not None:
+        if config is not None or (out is not None and Path(out) != Path(resume)):
+            raise MimError("--resume DIR continues the run in DIR with its own config.yaml: give no CONFIG and no other --out")
+        out = Path(resume)
+        cfg = load_config(out / "config.yaml", overrides)
+    else:
+        out = Path(out or "runs/latest")
+        cfg = load_config(config, overrides)
+    is_zero = rank_zero_only.rank == 0
+    if is_zero:
+        start_run_directory(out, cfg, fresh=resume is None)
+    stop = StopRequest()
+    stop.install()
+    try:
+        results = run_training(cfg, out, resume=resume is not None, stop=stop)
+    except Interrupted as exc:
+        if is_zero:
+            write_status(out, "interrupted", str(exc))
+        click.echo(f"{exc}. Resume with: mim train --resume {out}", err=True)
+        sys.exit(130 if exc.signal_name == "SIGINT" else 143)
+    except MimError as exc:
+        if is_zero:
+            write_status(out, "failed", str(exc))
+        raise
+    finally:
+        stop.uninstall()
+    if is_zero:
         (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_status(out, "finished")
         click.echo(summary(results))
         click.echo(f"wrote {out / 'results.json'}; TensorBoard: tensorboard --logdir {out}")
+
+
+def start_run_directory(out: Path, cfg, fresh: bool) -> None:
+    """Create OUT with the resolved config.yaml and status 'running'; a fresh run first removes
+    what a previous run left there (results, TensorBoard files, checkpoints)."""
+    if fresh:
+        for stale in ("results.json", "status.json"):
+            (out / stale).unlink(missing_ok=True)
+        for folder in ("tensorboard", "checkpoints"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    write_status(out, "running")
+
+
+def write_status(out: Path, status: str, message: str = "") -> None:
+    """OUT/status.json: running, finished, failed (with the error) or interrupted."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "status.json").write_text(json.dumps({"status": status, "message": message}, indent=2))
 
 
 @main.command(name="plugins")
@@ -111,6 +150,94 @@ def plugins_command(as_json):
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
     else:
         click.echo(plugins.format_plugins(infos))
+
+
+class BadUsage(click.ClickException):
+    """Bad usage of a command (unknown component, r out of range): 'Error: <one line>', exit 2."""
+
+    exit_code = 2
+
+
+def usage_checked(link=None, loss=None, activation=None, r=None, default_r=2) -> int:
+    """Look up the named components and validate r (default: default_r, or the link's min_r if
+    larger); BadUsage names the option and lists what is available."""
+    from mim_lightning import plugins
+
+    registry = plugins.get_registry()
+    min_r = 1
+    for kind, name in (("link", link), ("loss", loss), ("activation", activation)):
+        if name is not None:
+            try:
+                component = registry.get(kind, name)
+            except MimError as exc:
+                raise BadUsage(f"--{kind}: {exc}") from None
+            if kind == "link":
+                min_r = component.metadata.get("min_r", 1)
+    if r is None:
+        r = max(default_r, min_r)
+    if r < 1:
+        raise BadUsage(f"--r must be a positive integer, got {r}")
+    if r < min_r:
+        raise BadUsage(f"--r {r} is too small for link {link!r}, which needs r >= {min_r}")
+    return r
+
+
+@main.command()
+@click.option("--link", help="Link to check (Assumption 1; with --loss also Assumption 5).")
+@click.option("--loss", help="Loss to check (Assumption 3; with --link also Assumption 5).")
+@click.option("--activation", help="Activation to check (Assumption 2).")
+@click.option("--r", "r", type=int, help="Dimension of the hidden subspace [default: 2, or the link's min_r].")
+@click.option("--json", "as_json", is_flag=True, help='Output {"checks": [...]} as JSON.')
+@friendly_errors
+def check(link, loss, activation, r, as_json):
+    """Check components against the paper's assumptions.
+
+    Checks only the components given; with none, the defaults (the quickstart's link, stage-1
+    loss and activation). Exit 0 when every check holds, 1 when one is violated, 2 on bad usage.
+    """
+    from mim_lightning import assumptions
+    from mim_lightning.config import Config
+    from mim_lightning.report import jsonable, text_table, violations
+
+    defaults = Config()
+    if link is None and loss is None and activation is None:
+        link, loss, activation = defaults.data.link, defaults.stage1.loss, defaults.model.activation
+    r = usage_checked(link, loss, activation, r, defaults.data.r)
+    checks = []
+    if link is not None:
+        checks.append(assumptions.check_link(link, r))
+    if activation is not None:
+        checks.append(assumptions.check_activation(activation))
+    if loss is not None:
+        checks.append(assumptions.check_loss(loss))
+    if link is not None and loss is not None:
+        checks.append(assumptions.check_pair(link, loss, r))
+    checks = jsonable(checks)
+    bad = violations(checks)
+    if as_json:
+        click.echo(json.dumps({"checks": checks}, indent=2))
+    else:
+        click.echo(text_table(checks))
+        click.echo(f"\n{len(bad)} of {len(checks)} check(s) violated" if bad else f"\n{len(checks)} check(s), all hold")
+    if bad:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--link", required=True, help="Link g (a registered link name).")
+@click.option("--r", "r", type=int, required=True, help="Dimension of the hidden subspace.")
+@click.option("--loss", default="squared", show_default=True, help="Loss whose preprocessing T(y) = -loss'(0, y) defines M.")
+@click.option("--json", "as_json", is_flag=True, help="Output the report as JSON.")
+@friendly_errors
+def theory(link, r, loss, as_json):
+    """Population matrix M, its eigenvalues, the link's Hermite degree and alpha_c, the optimal
+    spectral weak-recovery threshold (n = alpha_c * d samples)."""
+    from mim_lightning.report import format_theory, jsonable
+    from mim_lightning.theory import theory_report
+
+    r = usage_checked(link=link, loss=loss, r=r)
+    report = jsonable(theory_report(link, r, loss))
+    click.echo(json.dumps(report, indent=2) if as_json else format_theory(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,6 +65,10 @@ class ChecksConfig(Section):
     strict: bool = Field(False, description="refuse to train when a component violates one of the paper's assumptions (otherwise: warn)")
 
 
+class CheckpointConfig(Section):
+    every_n_steps: int = Field(50, gt=0, description="refresh OUT/checkpoints/last.ckpt at least every k steps of either stage (and at each stage's end)")
+
+
 class TrainerConfig(Section):
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto, ...")
     devices: int | str = Field(1, description="Lightning devices: a count, -1 for all, or 'auto'")
@@ -80,6 +84,7 @@ class Config(Section):
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
     metrics: MetricsConfig = MetricsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     trainer: TrainerConfig = TrainerConfig()
     checks: ChecksConfig = ChecksConfig()
 

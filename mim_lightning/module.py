@@ -65,6 +65,7 @@ class Stage1Module(_FullBatchModule):
         super().__init__(network, loss, "d1")
         self.cfg = cfg
         self.history: list[dict] = []
+        self.restored = False
 
     def configure_optimizers(self):
         s1 = self.cfg.stage1
@@ -75,6 +76,10 @@ class Stage1Module(_FullBatchModule):
         dm = self.trainer.datamodule
         K, steps = self.network.W.shape[0], self.cfg.stage1.steps
         self.U = dm.U
+        if self.restored:  # resumed: history and shift come from the checkpoint
+            self.mass, self.cosines, self.losses, self.shift = (
+                t.to(self.device) for t in (self.mass, self.cosines, self.losses, self.shift))
+            return
         if self.cfg.stage1.center:
             self.shift = mean_preprocessing(dm.chunks("d1"), self.loss, self.n, self.reduce_sum)
         else:
@@ -84,6 +89,22 @@ class Stage1Module(_FullBatchModule):
         self.losses = torch.full((steps + 1, K), float("nan"), device=self.device)
         self.flushed = -1
         self.record(0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Flush, then keep the history with the weights (checkpoints are taken at step ends)."""
+        step = self.current_epoch + 1
+        if self.flushed < step:
+            self.flush(step)
+        checkpoint["mim"] = {"stage": 1, "mass": self.mass.cpu(), "cosines": self.cosines.cpu(),
+                             "losses": self.losses.cpu(), "shift": self.shift.cpu(),
+                             "history": self.history, "flushed": self.flushed}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the history (also when the checkpoint is the stage's last step and Lightning
+        skips the training hooks)."""
+        state = checkpoint["mim"]
+        self.mass, self.cosines, self.losses, self.shift = (state[k] for k in ("mass", "cosines", "losses", "shift"))
+        self.history, self.flushed, self.restored = state["history"], state["flushed"], True
 
     @torch.no_grad()
     def record(self, step: int) -> None:
@@ -142,8 +163,10 @@ class Stage1Module(_FullBatchModule):
         self.flushed = upto
 
     def on_train_end(self):
-        if self.flushed < self.cfg.stage1.steps:
-            self.flush(self.cfg.stage1.steps)
+        """Flush what is left up to the last completed step (earlier than T1 after a stop request)."""
+        done = self.trainer.current_epoch if self.trainer.should_stop else self.cfg.stage1.steps
+        if self.flushed < done:
+            self.flush(done)
 
 
 class Stage2Module(_FullBatchModule):
@@ -163,6 +186,7 @@ class Stage2Module(_FullBatchModule):
     def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config, solver: str, seeds):
         super().__init__(network, loss, "d2")
         self.cfg, self.solver, self.seeds = cfg, solver, list(seeds)
+        self.stage1_outputs: dict = {}
         self.test_metric = RelativeMSE(replicas=len(self.seeds))
         self.test_rel_mse = None
         self.last_loss = None
@@ -261,6 +285,14 @@ class Stage2Module(_FullBatchModule):
             )
         if self.logger is not None:
             self.logger.log_metrics({"stage2/loss": value}, step=self.current_epoch + 1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Carry stage 1's outputs, so that a run resumed in stage 2 needs no stage-1 state."""
+        checkpoint["mim"] = {"stage": 2, "stage1": self.stage1_outputs, "last_loss": self.last_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.stage1_outputs = checkpoint["mim"]["stage1"]
+        self.last_loss = checkpoint["mim"]["last_loss"]
 
     def test_step(self, batch, batch_idx):
         x, y = batch

@@ -20,8 +20,15 @@ def _number(value) -> str:
     return str(value)
 
 
+KEY_NUMBERS = {1: ("degree", "residual"), 2: ("d1_at_0", "d2_at_0", "sup_d3"), 3: ("min_d2", "sup_d1"),
+               5: ("eigenvalues", "ratio", "isotropic")}
+
+
 def key_numbers(check: dict, limit: int = 4) -> str:
-    """'name=value, ...' for the numeric fields of a check (short lists of numbers included)."""
+    """'name=value, ...' for the key numbers of a check (short lists of numbers included)."""
+    keys = KEY_NUMBERS.get(check.get("assumption"))
+    if keys and all(key in check for key in keys):
+        check = {key: check[key] for key in keys}
     parts = []
     for key, value in check.items():
         if key in FIXED or value is None:
@@ -67,3 +74,57 @@ def warning_line(check: dict) -> str:
     """'assumption 2 (activation 'relu'): <message>' on one line."""
     message = " ".join(str(check.get("message", "")).split())
     return f"assumption {check.get('assumption')} ({check.get('component')}): {message}"
+
+
+def jsonable(value):
+    """A copy safe for strict JSON: non-finite floats become None (the message keeps the words)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def format_theory(report: dict) -> str:
+    """``theory.theory_report`` for the terminal."""
+    r = report["r"]
+    rows = [f"link {report['link']!r}, loss {report['loss']!r}, r = {r}", "",
+            "M = E[loss'(0, y) (z z^T - I_r)], z ~ N(0, I_r), y = g(z):"]
+    rows += ["  [" + "  ".join(f"{v:9.4f}" for v in row) + " ]" for row in report["M"]]
+    rows += [
+        f"  ({report['M_method']}; error of the entries {report['M_error']:.1e})",
+        f"eigenvalues of M      {', '.join(f'{v:.4g}' for v in report['eigenvalues'])}"
+        f"   (min/max |lambda| = {report['ratio']:.3g})",
+        f"isotropic part        E[loss'(0, y)] = {report['isotropic']:.4g}",
+        f"Hermite degree        {report['hermite_degree']}"
+        f"   (variance fraction beyond degree {report['hermite_cap']}: {report['hermite_residual']:.2g})",
+        f"alpha_c               {report['alpha_c']:.4g}   (n = alpha_c * d samples: optimal spectral"
+        f" weak-recovery threshold; relative error {report['alpha_c_error']:.1e})",
+        f"  ({report['alpha_c_method']})",
+    ]
+    return "\n".join(rows)
+
+
+def preflight_checks(cfg, warn: bool = True) -> list[dict]:
+    """The assumption checks of a run's components (link, stage-1 loss, activation, r), before
+    training: each violation as a one-line warning on stderr (when ``warn``); with
+    ``checks.strict`` a violation is a MimError naming the violated assumptions."""
+    import sys
+
+    from mim_lightning.assumptions import check_components
+    from mim_lightning.errors import MimError
+    from mim_lightning.runner import resolve_components
+
+    resolve_components(cfg)  # unknown names and too small an r: errors that name the config key
+    checks = jsonable(check_components(cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r))
+    bad = violations(checks)
+    if warn:
+        for check in bad:
+            sys.stderr.write(f"Warning: {warning_line(check)}\n")
+    if bad and cfg.checks.strict:
+        which = ", ".join(f"{c['assumption']} ({c['component']})" for c in bad)
+        raise MimError(f"checks.strict: refusing to train, assumption(s) {which} violated;"
+                       " set checks.strict=false to train anyway")
+    return checks

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mim_lightning import plugins
+from mim_lightning.checkpointing import CHECKPOINT, StepCheckpoint, StopRequest
 from mim_lightning.config import Config, flatten
 from mim_lightning.data import MultiIndexDataModule
 from mim_lightning.errors import MimError
@@ -53,15 +55,15 @@ def solver_for(cfg: Config) -> str:
     return solver
 
 
-def make_trainer(cfg: Config, max_epochs: int, logger) -> L.Trainer:
+def make_trainer(cfg: Config, max_epochs: int, logger, callbacks=()) -> L.Trainer:
     """A Trainer for one stage (one epoch = one full-batch step); bad trainer.* values -> MimError."""
     t = cfg.trainer
     try:
         return L.Trainer(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-            precision=t.precision, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-            num_sanity_val_steps=0, log_every_n_steps=1,
+            precision=t.precision, max_epochs=max_epochs, logger=logger, callbacks=list(callbacks),
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=1,
         )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -81,24 +83,34 @@ def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, Tw
     return components, dm, network
 
 
-def run_stage1(cfg, components, dm, network, logger=None) -> tuple[Stage1Module, dict]:
-    """Stage 1 on D1, then the spectral baseline on the same D1: (module, {order: cosines (K, r)})."""
+def run_stage1(cfg, components, dm, network, logger=None, checkpoint: StepCheckpoint | None = None,
+               ckpt_path=None) -> tuple[Stage1Module, dict]:
+    """Stage 1 on D1 (resumed from ``ckpt_path`` if given), then the spectral baseline on the same
+    D1: (module, {order: cosines (K, r)})."""
     stage1 = Stage1Module(network, components.stage1_loss, cfg)
-    trainer = make_trainer(cfg, cfg.stage1.steps, logger)
+    trainer = make_trainer(cfg, cfg.stage1.steps, logger, [checkpoint] if checkpoint else [])
     dm.split = "d1"
-    trainer.fit(stage1, datamodule=dm)
+    trainer.fit(stage1, datamodule=dm, ckpt_path=ckpt_path)
+    if checkpoint is not None:
+        checkpoint.raise_if_stopped()
     reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, stage1.shift, dm.n("d1"), dm.U, reduce)
+    shift = stage1.shift.to(trainer.strategy.root_device)
+    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce)
     return stage1, spectral
 
 
-def run_stage2(cfg, components, dm, network, seeds, logger=None) -> Stage2Module:
-    """Stage 2 on D2 and the test evaluation (``module.test_rel_mse``, (K,))."""
+def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: StepCheckpoint | None = None,
+               ckpt_path=None, stage1_outputs=None) -> Stage2Module:
+    """Stage 2 on D2 (resumed from ``ckpt_path`` if given) and the test evaluation
+    (``module.test_rel_mse``, (K,)). ``stage1_outputs`` ride along in its checkpoints."""
     solver = solver_for(cfg)
     stage2 = Stage2Module(network, components.stage2_loss, cfg, solver, seeds)
-    trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger)
+    stage2.stage1_outputs = stage1_outputs or {}
+    trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger, [checkpoint] if checkpoint else [])
     dm.split = "d2"
-    trainer.fit(stage2, datamodule=dm)
+    trainer.fit(stage2, datamodule=dm, ckpt_path=ckpt_path)
+    if checkpoint is not None:
+        checkpoint.raise_if_stopped()
     trainer.test(stage2, datamodule=dm, verbose=False)
     return stage2
 
@@ -113,39 +125,63 @@ def log_assumptions(logger, assumptions: list[dict]) -> None:
         experiment.add_text("assumptions", markdown_table(assumptions), global_step=0)
 
 
-def train(cfg: Config, out: Path, assumptions=None) -> dict:
+def read_checkpoint_stage(out: Path) -> tuple[Path, dict]:
+    """The checkpoint of an interrupted run in ``out`` and its mim state (which stage, history)."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise MimError(f"cannot resume {str(out)!r}: no checkpoint at {str(path)!r} (was the run started with --out {out}?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["mim"]
+    except Exception as exc:  # a file that is not a checkpoint of ours
+        raise MimError(f"cannot resume {str(out)!r}: {str(path)!r} is not a readable mim checkpoint ({type(exc).__name__})") from None
+    return path, state
+
+
+def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: StopRequest | None = None) -> dict:
     """Run both stages and return the results dict (contract fields of results.json).
 
-    The reported principal cosines and subspace mass are those of W after stage 1 (before the
-    stage-2 rescaling, which changes row norms and hence W's singular subspace).
+    ``out/checkpoints/last.ckpt`` is kept fresh every ``checkpoint.every_n_steps`` steps of either
+    stage; with ``resume`` the run continues from it and ends with the same numbers as an
+    uninterrupted run. The reported principal cosines and subspace mass are those of W after
+    stage 1 (before the stage-2 rescaling, which changes row norms and hence W's singular subspace).
     """
     solver_for(cfg)
+    ckpt, state = read_checkpoint_stage(out) if resume else (out / CHECKPOINT, None)
     components, dm, network = build(cfg)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    if assumptions:
+    if assumptions and not resume:
         log_assumptions(logger, assumptions)
+    every = cfg.checkpoint.every_n_steps
 
     timings = {}
+    if state is None or state["stage"] == 1:
+        start = time.perf_counter()
+        stage1, spectral = run_stage1(cfg, components, dm, network, logger, StepCheckpoint(ckpt, every, 1, stop),
+                                      ckpt_path=ckpt if state is not None else None)
+        timings["stage1"] = time.perf_counter() - start
+        outputs = {"history": stage1.history, "timings": dict(timings),
+                   "spectral": {order: cos.tolist() for order, cos in spectral.items()}}
+    else:
+        outputs = state["stage1"]
+        timings.update(outputs["timings"])
     start = time.perf_counter()
-    stage1, spectral = run_stage1(cfg, components, dm, network, logger)
-    timings["stage1"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed], logger)
+    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed], logger, StepCheckpoint(ckpt, every, 2, stop),
+                        ckpt_path=ckpt if state is not None and state["stage"] == 2 else None, stage1_outputs=outputs)
     timings["stage2"] = time.perf_counter() - start
 
-    final = stage1.history[-1]
+    final = outputs["history"][-1]
     results = {
         "principal_cosines": final["principal_cosines"][0],
         "subspace_mass": final["subspace_mass"][0],
         "test_rel_mse": float(stage2.test_rel_mse[0]),
-        "spectral_principal_cosines": spectral["magnitude"][0].tolist(),
-        "spectral_principal_cosines_largest": spectral["largest"][0].tolist(),
+        "spectral_principal_cosines": outputs["spectral"]["magnitude"][0],
+        "spectral_principal_cosines_largest": outputs["spectral"]["largest"][0],
         "stage2_loss": float(stage2.last_loss[0]),
         "config": cfg.model_dump(),
         "assumptions": assumptions if assumptions is not None else [],
         "timings": timings,
         "history": [{"step": h["step"], "subspace_mass": h["subspace_mass"][0],
-                     "principal_cosines": h["principal_cosines"][0]} for h in stage1.history],
+                     "principal_cosines": h["principal_cosines"][0]} for h in outputs["history"]],
     }
     final_metrics = {
         "final/min_principal_cosine": min(results["principal_cosines"]),

@@ -1,0 +1,89 @@
+"""Checkpoints and resume: a run killed (SIGKILL) or stopped (SIGTERM, SIGINT) mid-stage-1 and
+resumed ends with the numbers of an uninterrupted run."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from test_ddp import KEYS, MIM, as_list
+
+SETS = ["data.d=64", "data.alpha=8", "data.alpha2=8", "data.n_test=256", "model.width=32", "stage1.steps=300",
+        "checkpoint.every_n_steps=2", "stage2.loss=huber", "stage2.steps=30"]
+ARGS = [arg for item in SETS for arg in ("--set", item)]
+
+
+def start(out):
+    return subprocess.Popen([MIM, "train", "--out", str(out), *ARGS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(out, process, timeout=120):
+    path = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    return path
+
+
+def finish(*args):
+    done = subprocess.run([MIM, "train", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    finish("--out", str(out), *ARGS)
+    return results(out)
+
+
+def assert_same(a, b, tol=1e-5):
+    for key in KEYS:
+        for x, y in zip(as_list(a[key]), as_list(b[key])):
+            assert abs(x - y) <= tol, (key, x, y)
+    assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
+
+
+def test_sigkill_mid_stage1_then_resume(tmp_path, uninterrupted):
+    process = start(tmp_path)
+    path = wait_for_checkpoint(tmp_path, process)
+    process.kill()
+    process.wait()
+    state = torch.load(path, weights_only=False)
+    assert state["mim"]["stage"] == 1 and state["epoch"] < 299
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "running"
+    assert not (tmp_path / "results.json").exists()
+    finish("--resume", str(tmp_path))
+    assert_same(results(tmp_path), uninterrupted)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_cleanly_with_a_checkpoint(tmp_path, uninterrupted, sig, code):
+    process = start(tmp_path)
+    wait_for_checkpoint(tmp_path, process)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert f"Resume with: mim train --resume {tmp_path}" in stderr
+    assert "Traceback" not in stderr
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and "checkpoint saved" in status["message"]
+    finish("--resume", str(tmp_path))
+    assert_same(results(tmp_path), uninterrupted)
+
+
+def test_resume_without_checkpoint_is_one_line(tmp_path):
+    done = subprocess.run([MIM, "train", "--resume", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "config file" in done.stderr
