@@ -232,12 +232,14 @@ class Stage2Module(_FullBatchModule):
 
     @torch.no_grad()
     def scale_step_size(self) -> None:
-        """Set the gd step to stage2.lr / (lambda_max(Phi^T Phi / n) + 2 beta2): one pass over D2."""
+        """Per-replica gd step stage2.lr / (lambda_max(Phi^T Phi / n) + 2 beta2), applied by scaling
+        each replica's gradient (the optimiser's lr is 1): one pass over D2."""
         gram = sum(torch.bmm(phi.transpose(1, 2), phi) for phi in
                    (self.network.features(x).double() for x, _ in self.trainer.datamodule.chunks("d2")))
-        top = torch.linalg.eigvalsh(self.reduce_sum(gram) / self.n)[:, -1].max()
+        top = torch.linalg.eigvalsh(self.reduce_sum(gram) / self.n)[:, -1]
+        self.step_sizes = (self.cfg.stage2.lr / (top + 2 * self.cfg.stage2.ridge)).to(self.network.a.dtype)
         for group in self.optimizers().optimizer.param_groups:
-            group["lr"] = self.cfg.stage2.lr / float(top + 2 * self.cfg.stage2.ridge)
+            group["lr"] = 1.0
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -274,6 +276,8 @@ class Stage2Module(_FullBatchModule):
             objective = self.reduce_sum(self.loss_sum) / self.n + beta2 * self.network.a.detach().square().sum(-1)
             self.loss_sum.zero_()
             optimizer = self.optimizers()
+            if self.solver == "gd":
+                self.network.a.grad.mul_(self.step_sizes.unsqueeze(-1))
             optimizer.step(closure=lambda: objective.sum())
             optimizer.zero_grad(set_to_none=False)
         self.last_loss = objective

@@ -45,13 +45,16 @@ def resolve_components(cfg: Config) -> Components:
     return Components(*(c.fn for c in found.values()))
 
 
-def solver_for(cfg: Config) -> str:
-    """The stage-2 solver: 'auto' is ridge for squared loss, else lbfgs; ridge needs squared loss."""
+def solver_for(cfg: Config, replicas: int = 1) -> str:
+    """The stage-2 solver: 'auto' is ridge for squared loss, else lbfgs (gd for K > 1 replicas,
+    which lbfgs would couple); ridge needs squared loss."""
     solver = cfg.stage2.solver
     if solver == "auto":
-        return "ridge" if cfg.stage2.loss == "squared" else "lbfgs"
+        solver = "ridge" if cfg.stage2.loss == "squared" else "lbfgs" if replicas == 1 else "gd"
     if solver == "ridge" and cfg.stage2.loss != "squared":
         raise MimError(f"stage2.solver = ridge needs stage2.loss = squared (got {cfg.stage2.loss!r}); use lbfgs or gd")
+    if solver == "lbfgs" and replicas > 1:
+        raise MimError("stage2.solver = lbfgs couples batched replicas; use ridge or gd to train several seeds at once")
     return solver
 
 
@@ -103,7 +106,7 @@ def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: Ste
                ckpt_path=None, stage1_outputs=None) -> Stage2Module:
     """Stage 2 on D2 (resumed from ``ckpt_path`` if given) and the test evaluation
     (``module.test_rel_mse``, (K,)). ``stage1_outputs`` ride along in its checkpoints."""
-    solver = solver_for(cfg)
+    solver = solver_for(cfg, replicas=len(seeds))
     stage2 = Stage2Module(network, components.stage2_loss, cfg, solver, seeds)
     stage2.stage1_outputs = stage1_outputs or {}
     trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger, [checkpoint] if checkpoint else [])
@@ -145,9 +148,19 @@ def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: 
     uninterrupted run. The reported principal cosines and subspace mass are those of W after
     stage 1 (before the stage-2 rescaling, which changes row norms and hence W's singular subspace).
     """
-    solver_for(cfg)
+    return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop)[0]
+
+
+def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool = False,
+                   stop: StopRequest | None = None) -> list[dict]:
+    """K independent runs (one per seed) trained at once as batched matrix products: one results
+    dict per seed, each the same as a separate run with ``seed`` set to it (stage-2 lbfgs couples
+    the replicas through its shared line of search, so ``solver_for`` refuses K > 1 with lbfgs).
+    TensorBoard shows the first replica."""
+    seeds = list(seeds)
+    solver_for(cfg, replicas=len(seeds))
     ckpt, state = read_checkpoint_stage(out) if resume else (out / CHECKPOINT, None)
-    components, dm, network = build(cfg)
+    components, dm, network = build(cfg, seeds)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     if assumptions and not resume:
         log_assumptions(logger, assumptions)
@@ -165,31 +178,38 @@ def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: 
         outputs = state["stage1"]
         timings.update(outputs["timings"])
     start = time.perf_counter()
-    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed], logger, StepCheckpoint(ckpt, every, 2, stop),
+    stage2 = run_stage2(cfg, components, dm, network, seeds, logger, StepCheckpoint(ckpt, every, 2, stop),
                         ckpt_path=ckpt if state is not None and state["stage"] == 2 else None, stage1_outputs=outputs)
     timings["stage2"] = time.perf_counter() - start
 
-    final = outputs["history"][-1]
-    results = {
-        "principal_cosines": final["principal_cosines"][0],
-        "subspace_mass": final["subspace_mass"][0],
-        "test_rel_mse": float(stage2.test_rel_mse[0]),
-        "spectral_principal_cosines": outputs["spectral"]["magnitude"][0],
-        "spectral_principal_cosines_largest": outputs["spectral"]["largest"][0],
-        "stage2_loss": float(stage2.last_loss[0]),
-        "config": cfg.model_dump(),
-        "assumptions": assumptions if assumptions is not None else [],
-        "timings": timings,
-        "history": [{"step": h["step"], "subspace_mass": h["subspace_mass"][0],
-                     "principal_cosines": h["principal_cosines"][0]} for h in outputs["history"]],
-    }
+    results = [replica_results(cfg.model_copy(update={"seed": seed}), k, outputs, stage2, assumptions, timings)
+               for k, seed in enumerate(seeds)]
+    first = results[0]
     final_metrics = {
-        "final/min_principal_cosine": min(results["principal_cosines"]),
-        "final/subspace_mass": results["subspace_mass"],
-        "final/test_rel_mse": results["test_rel_mse"],
-        "final/spectral_min_principal_cosine": min(results["spectral_principal_cosines"]),
+        "final/min_principal_cosine": min(first["principal_cosines"]),
+        "final/subspace_mass": first["subspace_mass"],
+        "final/test_rel_mse": first["test_rel_mse"],
+        "final/spectral_min_principal_cosine": min(first["spectral_principal_cosines"]),
     }
     hparams = {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()}
     logger.log_hyperparams(hparams, metrics=final_metrics)
     logger.finalize("success")
     return results
+
+
+def replica_results(cfg: Config, k: int, outputs: dict, stage2: Stage2Module, assumptions, timings) -> dict:
+    """The results.json fields of replica k."""
+    final = outputs["history"][-1]
+    return {
+        "principal_cosines": final["principal_cosines"][k],
+        "subspace_mass": final["subspace_mass"][k],
+        "test_rel_mse": float(stage2.test_rel_mse[k]),
+        "spectral_principal_cosines": outputs["spectral"]["magnitude"][k],
+        "spectral_principal_cosines_largest": outputs["spectral"]["largest"][k],
+        "stage2_loss": float(stage2.last_loss[k]),
+        "config": cfg.model_dump(),
+        "assumptions": assumptions if assumptions is not None else [],
+        "timings": timings,
+        "history": [{"step": h["step"], "subspace_mass": h["subspace_mass"][k],
+                     "principal_cosines": h["principal_cosines"][k]} for h in outputs["history"]],
+    }

@@ -110,3 +110,19 @@ def test_datamodule_without_trainer_is_single_process():
     assert dm.tensors["d1"][0].shape == (1, 100, 8)
     with pytest.raises(MimError, match="link 'bad' returned shape"):
         MultiIndexDataModule([0], 8, 2, lambda z: z, "bad", 0.0, {"d1": 10}).setup()
+
+
+@pytest.mark.parametrize("extra", [[], ["stage2.loss=huber", "stage2.solver=gd", "stage2.steps=15", "data.chunk_size=100"]])
+def test_batched_replicas_equal_separate_runs(tmp_path, extra):
+    from mim_lightning.runner import train, train_replicas
+
+    cfg = tiny_config(*extra)
+    together = train_replicas(cfg, tmp_path / "k", [3, 7])
+    for seed, batched in zip([3, 7], together):
+        alone = train(cfg.model_copy(update={"seed": seed}), tmp_path / f"s{seed}")
+        for key in ("principal_cosines", "spectral_principal_cosines", "subspace_mass", "test_rel_mse", "stage2_loss"):
+            assert batched[key] == pytest.approx(alone[key], abs=1e-5), key
+        for row, other in zip(batched["history"], alone["history"], strict=True):
+            assert row["step"] == other["step"]
+            assert row["principal_cosines"] == pytest.approx(other["principal_cosines"], abs=1e-5)
+        assert batched["config"]["seed"] == seed
