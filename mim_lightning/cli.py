@@ -28,8 +28,23 @@ def friendly_errors(command):
             if ctx.find_root().params.get("debug"):
                 raise
             raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything unforeseen still gets one line
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise click.ClickException(unexpected(exc)) from None
 
     return wrapper
+
+
+def unexpected(exc: BaseException) -> str:
+    """One line for an exception nobody turned into a MimError (out of memory gets advice)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():
+        return ("out of memory: lower data.d, data.alpha, data.alpha2 or model.width, or set data.chunk_size "
+                "to bound the activations of a full-batch pass")
+    return f"{type(exc).__name__}: {text} (run 'mim --debug ...' for the traceback)"
 
 
 @click.group()
@@ -77,7 +92,9 @@ def train(config, overrides, out, resume, accelerator, devices, strategy, num_no
 
     from mim_lightning.checkpointing import Interrupted, StopRequest
     from mim_lightning.config import load_config
+    from mim_lightning.report import preflight_checks
     from mim_lightning.runner import train as run_training
+    from mim_lightning.runner import validate
 
     quiet_lightning()
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
@@ -91,21 +108,23 @@ def train(config, overrides, out, resume, accelerator, devices, strategy, num_no
     else:
         out = Path(out or "runs/latest")
         cfg = load_config(config, overrides)
+    validate(cfg)
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         start_run_directory(out, cfg, fresh=resume is None)
     stop = StopRequest()
     stop.install()
     try:
-        results = run_training(cfg, out, resume=resume is not None, stop=stop)
+        assumptions = preflight_checks(cfg, warn=is_zero)  # warnings; with checks.strict, refusal
+        results = run_training(cfg, out, assumptions=assumptions, resume=resume is not None, stop=stop)
     except Interrupted as exc:
         if is_zero:
             write_status(out, "interrupted", str(exc))
         click.echo(f"{exc}. Resume with: mim train --resume {out}", err=True)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
-    except MimError as exc:
+    except Exception as exc:
         if is_zero:
-            write_status(out, "failed", str(exc))
+            write_status(out, "failed", str(exc) if isinstance(exc, MimError) else unexpected(exc))
         raise
     finally:
         stop.uninstall()

@@ -27,7 +27,7 @@ class DataConfig(Section):
     noise: float = Field(0.0, ge=0, description="std of Gaussian label noise added to g(Ux)")
     alpha: float = Field(32.0, gt=0, description="stage-1 samples n1 = alpha * d")
     alpha2: float = Field(32.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
-    n_test: int = Field(4096, gt=0, description="test samples")
+    n_test: int = Field(4096, ge=2, description="test samples")
     chunk_size: int = Field(0, ge=0, description="samples per chunk of a full-batch pass (0: all at once); results do not depend on it")
 
 
@@ -92,17 +92,22 @@ class Config(Section):
     def _consistent(self):
         if self.data.r > self.data.d:
             raise ValueError(f"data.r = {self.data.r} must be <= data.d = {self.data.d}")
+        for key, n in (("data.alpha", self.n1), ("data.alpha2", self.n2)):
+            if n < 2:
+                raise ValueError(f"{key} * data.d gives {n} samples; at least 2 are needed")
         if self.model.width % 2:
             raise ValueError(f"model.width = {self.model.width} must be even (neurons come in symmetric pairs)")
         return self
 
     @property
     def n1(self) -> int:
-        return max(1, round(self.data.alpha * self.data.d))
+        """Stage-1 samples, round(alpha * d)."""
+        return round(self.data.alpha * self.data.d)
 
     @property
     def n2(self) -> int:
-        return max(1, round(self.data.alpha2 * self.data.d))
+        """Stage-2 samples, round(alpha2 * d)."""
+        return round(self.data.alpha2 * self.data.d)
 
 
 def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -153,7 +158,7 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}" if mark else ""
         raise MimError(f"config file {str(path)!r} is not valid YAML{where}") from None
     if tree is None:
-        return {}
+        raise MimError(f"config file {str(path)!r} is empty; give at least one key, e.g. 'data: {{d: 128}}'")
     if not isinstance(tree, dict):
         raise MimError(f"config file {str(path)!r} must hold a mapping of keys, got a {type(tree).__name__}")
     return tree

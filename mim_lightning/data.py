@@ -89,6 +89,30 @@ def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device):
     return x, y
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device (GPU: the CUDA allocator's view; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, device: torch.device) -> None:
+    """Refuse, with one line, a run whose data alone would not fit on the device."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise MimError(
+            f"the data needs about {needed / 2**30:.1f} GiB on {device.type} but {free / 2**30:.1f} GiB are free: "
+            f"lower data.d, data.alpha, data.alpha2 or data.n_test (data.chunk_size bounds the activations, not the data)"
+        )
+
+
 class MultiIndexDataModule(L.LightningDataModule):
     """D1 (stage 1), D2 (stage 2) and a test set for K replicas, generated in ``setup``.
 
@@ -114,6 +138,8 @@ class MultiIndexDataModule(L.LightningDataModule):
         else:
             device, rank, world = torch.device("cpu"), 0, 1
         self.world = world
+        rows = sum(max_local_rows(n, world) for split, n in self.sizes.items() if self.split_samples or split != "d2")
+        check_memory(4 * len(self.seeds) * rows * (self.d + 1), device)
         self.U = torch.stack([random_subspace(s, self.d, self.r, device) for s in self.seeds])
         for split, n in self.sizes.items():
             if split == "d2" and not self.split_samples:

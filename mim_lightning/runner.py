@@ -17,6 +17,7 @@ from mim_lightning.config import Config, flatten
 from mim_lightning.data import MultiIndexDataModule
 from mim_lightning.errors import MimError
 from mim_lightning.model import TwoLayerNetwork
+from mim_lightning.probe import probe_components
 from mim_lightning.module import Stage1Module, Stage2Module
 from mim_lightning.spectral import spectral_cosines
 
@@ -74,9 +75,18 @@ def make_trainer(cfg: Config, max_epochs: int, logger, callbacks=()) -> L.Traine
                        f"strategy={t.strategy!r}, precision={t.precision!r}): {first}") from None
 
 
+def validate(cfg: Config) -> None:
+    """Everything about a run that can be checked in milliseconds, before any output or compute:
+    component names, the components themselves on probe inputs, the solver, the trainer settings."""
+    probe_components(cfg, resolve_components(cfg))
+    solver_for(cfg)
+    make_trainer(cfg, 1, None)
+
+
 def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, TwoLayerNetwork]:
-    """The run's components, its data module and its freshly initialised network."""
+    """The run's components (probed on small inputs), its data module and its freshly initialised network."""
     components = resolve_components(cfg)
+    probe_components(cfg, components)
     seeds = [cfg.seed] if seeds is None else list(seeds)
     dm = MultiIndexDataModule(
         seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,

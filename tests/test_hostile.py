@@ -1,0 +1,166 @@
+"""The hostile-input catalogue: every bad input ends with one line naming the culprit, a non-zero
+exit, no traceback and no results.json (a run that had started records the error in status.json)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mim_lightning import hookimpl, plugins
+from mim_lightning.cli import main
+
+from helpers import TINY
+
+
+class HostilePlugin:
+    """Components that break in every way a plugin author can manage."""
+
+    @hookimpl
+    def register_links(self, register):
+        register("wrong_shape", lambda z: z)
+        register("nan_link", lambda z: z[..., 0] * float("nan"))
+        register("inf_link", lambda z: z[..., 0] / 0.0)
+        register("inf_far_out", lambda z: torch.where(z[..., 0].abs() > 3.5, float("inf"), z[..., 0]))
+        register("raising_link", lambda z: z.no_such_method())
+
+    @hookimpl
+    def register_losses(self, register):
+        register("raising_loss", lambda t, y: (_ for _ in ()).throw(ValueError("boom")))
+        register("detached_loss", lambda t, y: ((t - y) ** 2).detach())
+        register("scalar_loss", lambda t, y: ((t - y) ** 2).mean())
+
+    @hookimpl
+    def register_activations(self, register):
+        register("raising_act", lambda u: u.numpy())
+        register("sign_act", lambda u: torch.sign(u).detach())
+
+
+@pytest.fixture
+def hostile():
+    plugin = HostilePlugin()
+    plugins.pm.register(plugin, name="hostile")
+    plugins.get_registry.cache_clear()
+    yield
+    plugins.pm.unregister(plugin)
+    plugins.get_registry.cache_clear()
+
+
+def invoke(tmp_path, *args):
+    return CliRunner().invoke(main, ["train", "--out", str(tmp_path / "run"), *map(str, args)])
+
+
+def check_one_line(result, tmp_path, *needles):
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("Warning: ")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "run" / "results.json").exists()
+    status = tmp_path / "run" / "status.json"
+    if status.exists():
+        assert json.loads(status.read_text())["status"] == "failed"
+    return lines[0]
+
+
+def sets(*items):
+    return [arg for item in (*TINY, *items) for arg in ("--set", item)]
+
+
+CONFIG_CASES = [
+    (["data.d=-5"], ["data.d", "greater than 0"]),
+    (["data.d=abc"], ["data.d", "valid integer"]),
+    (["data.d=1.5"], ["data.d", "integer"]),
+    (["data.alpha=-1"], ["data.alpha", "greater than 0"]),
+    (["data.noise=-0.1"], ["data.noise", "greater than or equal to 0"]),
+    (["data.alhpa=3"], ["data.alhpa", "did you mean 'data.alpha'"]),
+    (["optimizer.lr=3"], ["unknown config key 'optimizer'"]),
+    (["data=5"], ["'data'", "dictionary"]),
+    (["data.r=33"], ["data.r = 33 must be <= data.d = 32"]),
+    (["data.alpha2=0.01"], ["data.alpha2 * data.d gives 0 samples"]),
+    (["data.n_test=1"], ["data.n_test", "greater than or equal to 2"]),
+    (["model.width=31"], ["model.width = 31 must be even"]),
+    (["seed=-1"], ["seed"]),
+    (["stage1.steps=0"], ["stage1.steps", "greater than 0"]),
+    (["stage1.center=maybe"], ["stage1.center", "boolean"]),
+    (["trainer.devices=0"], ["trainer settings", "devices=0"]),
+    (["trainer.strategy=warp"], ["trainer settings", "strategy='warp'"]),
+    (["data.link=z1z3"], ["data.link: unknown link 'z1z3'", "available:"]),
+    (["model.activation=gelu"], ["model.activation: unknown activation 'gelu'", "available:"]),
+    (["stage2.loss=l1"], ["stage2.loss: unknown loss 'l1'"]),
+]
+
+
+@pytest.mark.parametrize("overrides, needles", CONFIG_CASES)
+def test_bad_config_values(tmp_path, overrides, needles):
+    check_one_line(invoke(tmp_path, *sets(*overrides)), tmp_path, *needles)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "is empty"),
+    ("data: {d: 3\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("just a string\n", "must hold a mapping"),
+])
+def test_bad_config_files(tmp_path, text, needle):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    check_one_line(invoke(tmp_path, path), tmp_path, str(path), needle)
+
+
+def test_missing_config_file_and_bad_override(tmp_path):
+    check_one_line(invoke(tmp_path, tmp_path / "nope.yaml"), tmp_path, "does not exist")
+    check_one_line(invoke(tmp_path, "--set", "data.d"), tmp_path, "expected KEY=VALUE")
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["data.link=wrong_shape"], ["data.link 'wrong_shape' returned shape (2, 16, 2)", "elementwise"]),
+    (["data.link=nan_link"], ["data.link 'nan_link' returned NaN or inf"]),
+    (["data.link=inf_link"], ["data.link 'inf_link' returned NaN or inf"]),
+    (["data.link=raising_link"], ["data.link 'raising_link' raised AttributeError"]),
+    (["data.link=inf_far_out"], ["link 'inf_far_out'", "non-finite"]),  # finite on the probe, not on data
+    (["stage1.loss=raising_loss"], ["stage1.loss 'raising_loss' raised ValueError: boom"]),
+    (["stage2.loss=detached_loss", "stage2.solver=gd"], ["stage2.loss 'detached_loss' is not differentiable in t"]),
+    (["stage1.loss=scalar_loss"], ["stage1.loss 'scalar_loss' returned shape ()"]),
+    (["model.activation=raising_act"], ["model.activation 'raising_act' raised RuntimeError"]),
+    (["model.activation=sign_act"], ["model.activation 'sign_act' is not differentiable in u"]),
+])
+def test_broken_components(tmp_path, hostile, overrides, needles):
+    check_one_line(invoke(tmp_path, *sets(*overrides)), tmp_path, *needles)
+
+
+def test_non_finite_labels_stop_data_generation():
+    from mim_lightning.data import make_split, random_subspace
+    from mim_lightning.errors import MimError
+
+    U = random_subspace(0, 8, 2, "cpu")[None]
+    link = lambda z: torch.where(z[..., 0].abs() > 2.5, float("inf"), z[..., 0])  # noqa: E731
+    with pytest.raises(MimError, match="link 'far' produced non-finite labels on d1"):
+        make_split([0], "d1", 2000, U, link, "far", 0.0, 0, 1, "cpu")
+
+
+def test_diverging_learning_rate(tmp_path):
+    line = check_one_line(invoke(tmp_path, *sets("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1",
+                                                 "stage1.steps=40")), tmp_path, "stage 1 diverged at step", "stage1.lr")
+    assert "1000000.0" in line
+
+
+def test_out_of_memory_is_refused_before_allocating(tmp_path):
+    check_one_line(invoke(tmp_path, *sets("data.d=100000", "data.alpha=100000", "data.alpha2=1")), tmp_path,
+                   "the data needs about", "GiB", "lower data.d")
+
+
+def test_resume_of_a_directory_without_a_run(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    check_one_line(result, tmp_path, "config file", "does not exist")
+
+
+def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
+    import mim_lightning.runner as runner
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    monkeypatch.setattr(runner, "train", explode)
+    check_one_line(invoke(tmp_path, *sets()), tmp_path, "out of memory", "data.chunk_size")
