@@ -36,3 +36,32 @@ def test_two_processes_equal_one(tmp_path, extra):
     for key in KEYS:
         for a, b in zip(as_list(one[key]), as_list(two[key])):
             assert abs(a - b) < 1e-4, (key, a, b)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_local_nodes_with_torchrun_equal_one_process(tmp_path):
+    """Two 'nodes' of one process each, launched by torchrun on this machine (Lightning reads the
+    torchelastic environment), compute what one process computes."""
+    sets = [arg for item in [*TINY, "data.alpha=40", "data.alpha2=40"] for arg in ("--set", item)]
+    one = train(tmp_path / "one", *sets)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    port = str(free_port())
+    nodes = [subprocess.Popen(
+        [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+         "--master-port", port, "--no-python", MIM, "train", "--out", str(tmp_path / "two"), "--num-nodes", "2",
+         "--devices", "1", "--strategy", "ddp", "--accelerator", "cpu", *sets],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    for node in nodes:
+        output, _ = node.communicate(timeout=300)
+        assert node.returncode == 0, output
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for key in KEYS:
+        for a, b in zip(as_list(one[key]), as_list(two[key])):
+            assert abs(a - b) < 1e-4, (key, a, b)
