@@ -154,6 +154,25 @@ def write_status(out: Path, status: str, message: str = "") -> None:
     (out / "status.json").write_text(json.dumps({"status": status, "message": message}, indent=2))
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the base config (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<CONFIG name>].")
+@friendly_errors
+def sweep(config, overrides, out):
+    """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
+    runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
+    from mim_lightning import runner  # noqa: F401 - imports lightning, which quiet_lightning tames
+    from mim_lightning.sweep import run_sweep
+
+    quiet_lightning()
+    try:
+        run_sweep(config, overrides, out)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted; finished runs are kept: run the same command again to continue.", err=True)
+        sys.exit(130)
+
+
 @main.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Output a JSON list.")
 @friendly_errors
