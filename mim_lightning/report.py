@@ -115,9 +115,10 @@ def preflight_checks(cfg, warn: bool = True) -> list[dict]:
 
     from mim_lightning.assumptions import check_components
     from mim_lightning.errors import MimError
-    from mim_lightning.runner import resolve_components
+    from mim_lightning.runner import resolve_components, solver_for
 
-    resolve_components(cfg)  # unknown names and too small an r: errors that name the config key
+    resolve_components(cfg)  # unknown names, too small an r, an impossible solver: errors that
+    solver_for(cfg)  # name the config key, before any warning
     checks = jsonable(check_components(cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r))
     bad = violations(checks)
     if warn:

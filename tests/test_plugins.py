@@ -118,6 +118,15 @@ def test_train_with_the_example_plugin(example_plugin, monkeypatch, tmp_path):
     assert results["config"]["stage1"]["loss"] == "fair"
 
 
+def test_example_plugin_satisfies_the_assumptions(example_plugin, monkeypatch):
+    use_plugins(monkeypatch, "example")
+    result = run("check", "--link", "cubic_saddle", "--loss", "fair", "--activation", "u_tanh", "--json")
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.stdout)["checks"]
+    assert [(c["assumption"], c["holds"]) for c in checks] == [(1, True), (2, True), (3, True), (5, True)]
+    assert checks[0]["degree"] == 3
+
+
 def test_example_plugin_is_not_loaded_by_default_in_tests(example_plugin, tmp_path):
     result = run("train", "--out", tmp_path, *sets(TINY), "--set", "data.link=cubic_saddle")
     assert result.exit_code == 1
