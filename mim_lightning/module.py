@@ -15,9 +15,12 @@ import torch
 from mim_lightning.config import Config
 from mim_lightning.data import generator
 from mim_lightning.errors import MimError
-from mim_lightning.metrics import RelativeMSE, network_cosines, subspace_mass
+from mim_lightning.metrics import RelativeMSE, principal_cosines, refine_subspace, subspace_mass, top_right_singular
 from mim_lightning.model import TwoLayerNetwork
 from mim_lightning.spectral import mean_preprocessing
+
+
+TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
 
 
 class _FullBatchModule(L.LightningModule):
@@ -66,6 +69,7 @@ class Stage1Module(_FullBatchModule):
         self.cfg = cfg
         self.history: list[dict] = []
         self.restored = False
+        self.basis = None
 
     def configure_optimizers(self):
         s1 = self.cfg.stage1
@@ -114,7 +118,19 @@ class Stage1Module(_FullBatchModule):
         W = torch.where(finite.view(-1, 1, 1), W, torch.ones_like(W))
         nan = torch.tensor(float("nan"), device=W.device)
         self.mass[step] = torch.where(finite, subspace_mass(W, self.U), nan)
-        self.cosines[step] = torch.where(finite.unsqueeze(-1), network_cosines(W, self.U), nan)
+        self.cosines[step] = torch.where(finite.unsqueeze(-1), principal_cosines(self.subspace(W, step), self.U), nan)
+
+    def subspace(self, W: torch.Tensor, step: int) -> torch.Tensor:
+        """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1 (and always with
+        metrics.subspace = exact), otherwise tracked from the previous recorded step."""
+        r = self.U.shape[1]
+        metrics = self.cfg.metrics
+        if metrics.subspace == "exact" or step in (0, self.cfg.stage1.steps) or self.basis is None:
+            width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:])
+            self.basis = top_right_singular(W, width).transpose(1, 2)
+        else:
+            self.basis = refine_subspace(W, self.basis, metrics.tracking_iters)
+        return self.basis[..., :r].transpose(1, 2)
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -126,3 +126,16 @@ def test_batched_replicas_equal_separate_runs(tmp_path, extra):
             assert row["step"] == other["step"]
             assert row["principal_cosines"] == pytest.approx(other["principal_cosines"], abs=1e-5)
         assert batched["config"]["seed"] == seed
+
+
+def test_tracked_subspace_follows_the_exact_one():
+    """The cheap tracked estimate of W's top-r subspace agrees with the eigensolver along a run."""
+    histories = []
+    for mode in ("exact", "tracked"):
+        cfg = tiny_config("data.d=64", "data.alpha=16", "model.width=64", "stage1.steps=12", "data.link=z1z2",
+                          f"metrics.subspace={mode}")
+        components, dm, network = build(cfg)
+        stage1, _ = run_stage1(cfg, components, dm, network)
+        histories.append(stage1.history)
+    for exact, tracked in zip(*histories, strict=True):
+        assert tracked["principal_cosines"] == pytest.approx(exact["principal_cosines"], abs=1e-3)
