@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -248,8 +249,18 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def rank_zero() -> bool:
+    """Whether this process writes files and output (under DDP every rank runs the sweep's loop;
+    rank zero alone writes)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def write_run(folder: Path, cfg: Config, results: dict) -> None:
     """A run's config.yaml and results.json (written last, atomically: it marks the run as done)."""
+    if not rank_zero():
+        return
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     tmp = folder / (RESULTS + ".tmp")
@@ -259,6 +270,8 @@ def write_run(folder: Path, cfg: Config, results: dict) -> None:
 
 def fresh_folder(folder: Path, cfg: Config) -> None:
     """Clear what an interrupted attempt left in a run folder (TensorBoard files, checkpoints)."""
+    if not rank_zero():
+        return
     for stale in ("tensorboard", "checkpoints"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -303,7 +316,7 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
             else:
                 from mim_lightning.report import preflight_checks
 
-                reports[which] = preflight_checks(cfg, warn=True)
+                reports[which] = preflight_checks(cfg, warn=rank_zero())
         return reports[which]
 
     for group in todo:  # refusals (checks.strict) before anything is trained
@@ -424,13 +437,19 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
 
     sweep = load_sweep(path, overrides)
     out = Path(out) if out is not None else default_out(path)
+    zero = rank_zero()
+    if not zero:
+        echo = lambda *args, **kwargs: None  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep.axes}, sort_keys=False))
+    if zero:
+        (out / "sweep.yaml").write_text(yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep.axes}, sort_keys=False))
     groups = seed_groups(sweep.runs)
     echo(f"{len(sweep.runs)} runs ({len(groups)} group(s) of seeds) in {out / 'runs'}", err=True)
-    progress = Progress(len(sweep.runs))
+    progress = Progress(len(sweep.runs), None if zero else io.StringIO())
     results = execute(sweep, out, progress)
     rows = rows_of(sweep, results)
+    if not zero:
+        return {"sweep": sweep, "rows": rows, "results": results, "plots": [], "trained": progress.trained}
     write_csv(sweep, rows, out / "results.csv")
     plots = plot_sweep(sweep, rows, out)
     echo(table(sweep, rows))
