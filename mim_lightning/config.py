@@ -28,6 +28,7 @@ class DataConfig(Section):
     alpha: float = Field(32.0, gt=0, description="stage-1 samples n1 = alpha * d")
     alpha2: float = Field(32.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
     n_test: int = Field(4096, ge=2, description="test samples")
+    split_samples: bool = Field(True, description="fresh samples for stage 2; false reuses D1 as D2 (ablation: no sample splitting)")
     chunk_size: int = Field(0, ge=0, description="samples per chunk of a full-batch pass (0: all at once); results do not depend on it")
 
 
@@ -43,6 +44,7 @@ class Stage1Config(Section):
     lr: float = Field(1.0, gt=0, description="eta1, the step size")
     weight_decay: float = Field(1.0, ge=0, description="beta1; eta1 * beta1 = 1 ranks directions by |eigenvalue|")
     center: bool = Field(True, description="centre T(y) on D1 (adds mean(T) * t to the loss) to remove the isotropic part")
+    joint: bool = Field(False, description="ablation: train both layers (W, a, b) jointly by plain GD here and skip stage 2")
 
 
 class Stage2Config(Section):

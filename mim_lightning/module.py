@@ -26,7 +26,7 @@ TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace esti
 class _FullBatchModule(L.LightningModule):
     """Shared plumbing: chunk bookkeeping and sums over ranks."""
 
-    trained = "W"
+    trained: tuple[str, ...] = ("W",)
 
     def __init__(self, network: TwoLayerNetwork, loss: Callable, split: str):
         super().__init__()
@@ -39,7 +39,7 @@ class _FullBatchModule(L.LightningModule):
         """Only the stage's layer requires grad; this runs before DDP wraps the model, so DDP
         synchronises exactly that layer's gradient."""
         for name, parameter in self.network.named_parameters():
-            parameter.requires_grad_(name == self.trained)
+            parameter.requires_grad_(name in self.trained)
 
     def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
@@ -71,9 +71,18 @@ class Stage1Module(_FullBatchModule):
         self.restored = False
         self.basis = None
 
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """W only; all parameters for the joint-training ablation (stage1.joint)."""
+        return ("W", "a", "b") if self.cfg.stage1.joint else ("W",)
+
     def configure_optimizers(self):
-        s1 = self.cfg.stage1
-        return torch.optim.SGD([self.network.W], lr=s1.lr, weight_decay=s1.weight_decay)
+        """SGD with weight decay beta1 on W (the joint ablation also moves a and b, undecayed)."""
+        s1, net = self.cfg.stage1, self.network
+        groups = [{"params": [net.W], "weight_decay": s1.weight_decay}]
+        if s1.joint:
+            groups.append({"params": [net.a, net.b], "weight_decay": 0.0})
+        return torch.optim.SGD(groups, lr=s1.lr)
 
     def on_train_start(self):
         super().on_train_start()
@@ -197,7 +206,7 @@ class Stage2Module(_FullBatchModule):
     with loss'' <= 1 (all built-ins), so stage2.lr < 2 converges.
     """
 
-    trained = "a"
+    trained = ("a",)
 
     def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config, solver: str, seeds):
         super().__init__(network, loss, "d2")

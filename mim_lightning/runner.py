@@ -90,7 +90,7 @@ def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, Tw
     seeds = [cfg.seed] if seeds is None else list(seeds)
     dm = MultiIndexDataModule(
         seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
-        {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
+        {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size, cfg.data.split_samples,
     )
     network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale)
     return components, dm, network
@@ -121,9 +121,10 @@ def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: Ste
     stage2.stage1_outputs = stage1_outputs or {}
     trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger, [checkpoint] if checkpoint else [])
     dm.split = "d2"
-    trainer.fit(stage2, datamodule=dm, ckpt_path=ckpt_path)
-    if checkpoint is not None:
-        checkpoint.raise_if_stopped()
+    if not cfg.stage1.joint:  # the joint ablation trained both layers in stage 1: test it as it is
+        trainer.fit(stage2, datamodule=dm, ckpt_path=ckpt_path)
+        if checkpoint is not None:
+            checkpoint.raise_if_stopped()
     trainer.test(stage2, datamodule=dm, verbose=False)
     return stage2
 
@@ -216,7 +217,7 @@ def replica_results(cfg: Config, k: int, outputs: dict, stage2: Stage2Module, as
         "test_rel_mse": float(stage2.test_rel_mse[k]),
         "spectral_principal_cosines": outputs["spectral"]["magnitude"][k],
         "spectral_principal_cosines_largest": outputs["spectral"]["largest"][k],
-        "stage2_loss": float(stage2.last_loss[k]),
+        "stage2_loss": None if stage2.last_loss is None else float(stage2.last_loss[k]),
         "config": cfg.model_dump(),
         "assumptions": assumptions if assumptions is not None else [],
         "timings": timings,

@@ -139,3 +139,36 @@ def test_tracked_subspace_follows_the_exact_one():
         histories.append(stage1.history)
     for exact, tracked in zip(*histories, strict=True):
         assert tracked["principal_cosines"][0] == pytest.approx(exact["principal_cosines"][0], abs=1e-3)
+
+
+def test_ablation_no_sample_splitting_reuses_d1(tmp_path):
+    cfg = tiny_config("data.split_samples=false")
+    components, dm, network = build(cfg)
+    dm.setup()
+    assert dm.tensors["d2"] is dm.tensors["d1"] and dm.n("d2") == cfg.n1
+
+
+def test_ablation_joint_training_moves_both_layers_and_skips_stage2(tmp_path):
+    from mim_lightning.runner import train
+
+    cfg = tiny_config("stage1.joint=true", "stage1.lr=0.5", "model.init_scale=0.5")
+    components, dm, network = build(cfg)
+    a0 = network.a.detach().clone()
+    run_stage1(cfg, components, dm, network)
+    assert not torch.equal(network.a.detach(), a0)          # second layer trained by plain GD
+    results = train(cfg, tmp_path)
+    assert results["stage2_loss"] is None and results["test_rel_mse"] > 0
+
+
+def test_ablation_without_rescaling_keeps_row_norms():
+    cfg = tiny_config("stage2.rescale=false")
+    components, dm, network = build(cfg)
+    run_stage1(cfg, components, dm, network)
+    norms = network.W.detach().norm(dim=-1).clone()
+    run_stage2(cfg, components, dm, network, [cfg.seed])
+    assert torch.equal(network.W.detach().norm(dim=-1), norms)
+    cfg = tiny_config()
+    components, dm, network = build(cfg)
+    run_stage1(cfg, components, dm, network)
+    run_stage2(cfg, components, dm, network, [cfg.seed])
+    assert torch.allclose(network.W.detach().norm(dim=-1), torch.ones(1, 32))
