@@ -91,7 +91,7 @@ def load_entrypoints(manager: pluggy.PluginManager, selection: str | None, entry
         infos.append(info)
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure of a third-party plugin
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure of a third-party plugin
             info.errors.append(f"import failed: {one_line(exc)}")
             continue
         try:
@@ -165,7 +165,7 @@ def build_registry(manager: pluggy.PluginManager | None = None, infos=()) -> Reg
 
                 try:
                     impl.function(**({"register": register} if "register" in impl.argnames else {}))
-                except Exception as exc:  # noqa: BLE001 - a plugin's hook must not break the others
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's hook must not break the others
                     info.errors.append(f"{hook_name} raised {one_line(exc)}")
     for number, info in enumerate(infos):  # entry points that never made it into the manager
         if not info.loaded:
