@@ -105,11 +105,15 @@ def plot_sweep(sweep, rows: list[dict], out: Path, thresholds=None) -> list[Path
         if n_seeds > 1:
             handles.append(Patch(color="0.2", alpha=0.18, label=f"min-max over {n_seeds} seeds (line: mean)"))
         if x_key == "data.alpha" and thresholds:
-            for j, ((link, r), value) in enumerate(sorted(thresholds.items())):
+            for (link, r), value in sorted(thresholds.items()):
                 if value is not None and math.isfinite(value):
-                    ax.axvline(value, color="0.15", ls="-.", lw=1.1)
-                    handles.append(Line2D([], [], color="0.15", ls="-.", lw=1.1,
-                                          label=f"alpha_c = {value:.3g} ({link}, r={r})"))
+                    # in the colour of the one curve with this link and r, else dark grey
+                    owners = {i for i, (_, group) in enumerate(curves)
+                              if any((row["_link"], row["_r"]) == (link, r) for row in group)}
+                    shade = colors[owners.pop() % len(colors)] if len(owners) == 1 and len(thresholds) > 1 else "0.15"
+                    ax.axvline(value, color=shade, ls="-.", lw=1.1)
+                    handles.append(Line2D([], [], color=shade, ls="-.", lw=1.1,
+                                          label=f"alpha_c = {value:.3g}, optimal spectral threshold ({link}, r={r})"))
         if log_x:
             ax.set_xscale("log")
             ax.minorticks_off()
