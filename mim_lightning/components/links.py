@@ -34,6 +34,13 @@ def staircase(z):
     return z[..., 0] + z[..., 0] * z[..., 1]
 
 
+def linear_he2(z):
+    """g(z) = z1 + (z2^2 - 1): z1 enters only linearly, so under squared loss the population
+    matrix is M = diag(0, -2) (rank 1, Assumption 5 fails); a loss whose preprocessing T(y) is
+    non-linear in y (e.g. ``even_tanh_sq``) sees both directions."""
+    return z[..., 0] + z[..., 1] ** 2 - 1
+
+
 @hookimpl
 def register_links(register):
     register("z1z2", z1z2, min_r=2, degree=2)
@@ -41,3 +48,4 @@ def register_links(register):
     register("he2", he2, min_r=1, degree=2)
     register("tanh_sum", tanh_sum, min_r=1, degree=None)
     register("staircase", staircase, min_r=2, degree=2)
+    register("linear_he2", linear_he2, min_r=2, degree=2)

@@ -33,9 +33,20 @@ def logcosh(t, y):
     return u + torch.log1p(torch.exp(-2 * u)) - math.log(2.0)
 
 
+def even_tanh_sq(t, y):
+    """A preprocessed loss: sqrt(1 + t^2) - 1 - t * T(y) with T(y) = tanh(y^2) - 1/2.
+
+    Convex and 1.5-Lipschitz in t, with -loss'(0, y) = T(y), an even, bounded preprocessing that
+    sees directions a link uses only linearly (e.g. ``linear_he2``). Meant for stage 1: its
+    minimiser in t is T / sqrt(1 - T^2), not y, so stage 2 should use another loss.
+    """
+    return torch.sqrt(1 + t * t) - 1 - t * (torch.tanh(y * y) - 0.5)
+
+
 @hookimpl
 def register_losses(register):
     register("squared", squared)
     register("huber", huber)
     register("pseudo_huber", pseudo_huber)
     register("logcosh", logcosh)
+    register("even_tanh_sq", even_tanh_sq)
