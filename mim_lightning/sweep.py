@@ -30,6 +30,7 @@ import yaml
 from mim_lightning.config import Config, all_keys, build_config, flatten, parse_override, read_yaml, set_dotted
 from mim_lightning.errors import MimError
 from mim_lightning.registry import closest
+from mim_lightning.theory import alpha_c
 
 RESULTS = "results.json"
 
@@ -426,6 +427,13 @@ def table(sweep: Sweep, rows: list[dict]) -> str:
 # --------------------------------------------------------------------------- the command
 
 
+def thresholds(sweep: Sweep, rows: list[dict]) -> dict | None:
+    """{(link, r): alpha_c} of the sweep's runs when the plots' x key is data.alpha, else None."""
+    if sweep.x_key != "data.alpha":
+        return None
+    return {pair: alpha_c(*pair) for pair in sorted({(row["_link"], row["_r"]) for row in rows})}
+
+
 def default_out(path: str | Path) -> Path:
     return Path("runs") / Path(path).stem
 
@@ -451,7 +459,7 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     if not zero:
         return {"sweep": sweep, "rows": rows, "results": results, "plots": [], "trained": progress.trained}
     write_csv(sweep, rows, out / "results.csv")
-    plots = plot_sweep(sweep, rows, out)
+    plots = plot_sweep(sweep, rows, out, thresholds(sweep, rows))
     echo(table(sweep, rows))
     written = ", ".join(p.name for p in plots) if plots else "no plots (only seed is swept)"
     echo(f"wrote {out / 'results.csv'}; plots: {written}")

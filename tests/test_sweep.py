@@ -154,6 +154,17 @@ def test_grid_order_keys_and_overrides(tmp_path):
     assert [[r.cfg.seed for r in g] for g in groups] == [[0, 1, 2], [0, 1, 2]]
 
 
+def test_alpha_c_marks_the_alpha_plots(swept):
+    from mim_lightning.theory import alpha_c
+
+    out, _, _ = swept
+    sweep = sweeps.load_sweep(out.parent / "alpha.yaml")
+    rows = [{"_link": "sum_he2", "_r": 2}]
+    assert sweeps.thresholds(sweep, rows) == {("sum_he2", 2): alpha_c("sum_he2", 2)}
+    sweep.axes = {"model.width": [8, 16], **sweep.axes}  # x key no longer data.alpha: no line
+    assert sweeps.thresholds(sweep, rows) is None
+
+
 def test_run_key_is_a_content_hash():
     a = load_config(None, [*TINY, "data.alpha=2"])
     assert sweeps.run_key(a) == sweeps.run_key(load_config(None, [*TINY, "data.alpha=2.0"]))
