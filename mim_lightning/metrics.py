@@ -34,20 +34,24 @@ def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int) -> torch.Tensor:
-    """Block power iteration on W^T W from ``basis`` (K, d, b), then Rayleigh-Ritz: an orthonormal
-    basis (K, d, b) of the tracked subspace, columns ordered by Ritz value, descending.
+    """Orthogonal (block power) iteration on W^T W from ``basis`` (K, d, b): Q <- qr(W^T W Q).
 
-    Each iteration costs 4 m d b flops (b = r + oversampling), far below the O(min(m, d)^3) of an
-    exact eigensolver; the error in the top-r subspace shrinks by (s_{b+1} / s_r)^2 per iteration,
-    and the basis is carried from one recorded step to the next, where W has changed little.
+    The leading r columns converge to W's top-r right singular subspace, the error shrinking by
+    (s_{r+1} / s_r)^2 per iteration; each iteration costs 4 m d b flops (b = r + oversampling), far
+    below the O(min(m, d)^3) of an eigensolver, and needs no host synchronisation on a GPU. The
+    basis is carried from one recorded step to the next, where W has changed little.
     """
     Wn = W / W.flatten(1).norm(dim=1).clamp_min(torch.finfo(W.dtype).tiny).view(-1, 1, 1)
     Q = basis
     for _ in range(iters):
         Q = torch.linalg.qr(torch.bmm(Wn.transpose(1, 2), torch.bmm(Wn, Q))).Q
-    WQ = torch.bmm(Wn, Q)
-    _, vecs = torch.linalg.eigh(torch.bmm(WQ.transpose(1, 2), WQ).double())
-    return torch.bmm(Q, vecs.flip(-1).to(Q.dtype))
+    return Q
+
+
+def cosines_from_overlap(overlap: torch.Tensor) -> torch.Tensor:
+    """Principal cosines, descending, from the overlap matrix Q U^T (..., r, r) of two orthonormal
+    bases: its singular values."""
+    return torch.linalg.svdvals(overlap.double()).to(overlap.dtype).clamp(0, 1)
 
 
 def principal_cosines(Q: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -55,7 +59,7 @@ def principal_cosines(Q: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 
     Q, U (K, r, d) with orthonormal rows: the singular values of Q U^T.
     """
-    return torch.linalg.svdvals(torch.bmm(Q, U.transpose(1, 2)).double()).to(Q.dtype).clamp(0, 1)
+    return cosines_from_overlap(torch.bmm(Q, U.transpose(1, 2)))
 
 
 def network_cosines(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:

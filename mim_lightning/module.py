@@ -15,7 +15,7 @@ import torch
 from mim_lightning.config import Config
 from mim_lightning.data import generator
 from mim_lightning.errors import MimError
-from mim_lightning.metrics import RelativeMSE, principal_cosines, refine_subspace, subspace_mass, top_right_singular
+from mim_lightning.metrics import RelativeMSE, cosines_from_overlap, refine_subspace, subspace_mass, top_right_singular
 from mim_lightning.model import TwoLayerNetwork
 from mim_lightning.spectral import mean_preprocessing
 
@@ -90,15 +90,16 @@ class Stage1Module(_FullBatchModule):
         K, steps = self.network.W.shape[0], self.cfg.stage1.steps
         self.U = dm.U
         if self.restored:  # resumed: history and shift come from the checkpoint
-            self.mass, self.cosines, self.losses, self.shift = (
-                t.to(self.device) for t in (self.mass, self.cosines, self.losses, self.shift))
+            self.mass, self.overlaps, self.losses, self.shift = (
+                t.to(self.device) for t in (self.mass, self.overlaps, self.losses, self.shift))
             return
         if self.cfg.stage1.center:
             self.shift = mean_preprocessing(dm.chunks("d1"), self.loss, self.n, self.reduce_sum)
         else:
             self.shift = torch.zeros(K, device=self.device)
         self.mass = torch.full((steps + 1, K), float("nan"), device=self.device)
-        self.cosines = torch.full((steps + 1, K, self.U.shape[1]), float("nan"), device=self.device)
+        r = self.U.shape[1]
+        self.overlaps = torch.full((steps + 1, K, r, r), float("nan"), device=self.device)
         self.losses = torch.full((steps + 1, K), float("nan"), device=self.device)
         self.flushed = -1
         self.record(0)
@@ -108,7 +109,7 @@ class Stage1Module(_FullBatchModule):
         step = self.current_epoch + 1
         if self.flushed < step:
             self.flush(step)
-        checkpoint["mim"] = {"stage": 1, "mass": self.mass.cpu(), "cosines": self.cosines.cpu(),
+        checkpoint["mim"] = {"stage": 1, "mass": self.mass.cpu(), "overlaps": self.overlaps.cpu(),
                              "losses": self.losses.cpu(), "shift": self.shift.cpu(),
                              "history": self.history, "flushed": self.flushed}
 
@@ -116,7 +117,7 @@ class Stage1Module(_FullBatchModule):
         """Restore the history (also when the checkpoint is the stage's last step and Lightning
         skips the training hooks)."""
         state = checkpoint["mim"]
-        self.mass, self.cosines, self.losses, self.shift = (state[k] for k in ("mass", "cosines", "losses", "shift"))
+        self.mass, self.overlaps, self.losses, self.shift = (state[k] for k in ("mass", "overlaps", "losses", "shift"))
         self.history, self.flushed, self.restored = state["history"], state["flushed"], True
 
     @torch.no_grad()
@@ -127,7 +128,8 @@ class Stage1Module(_FullBatchModule):
         W = torch.where(finite.view(-1, 1, 1), W, torch.ones_like(W))
         nan = torch.tensor(float("nan"), device=W.device)
         self.mass[step] = torch.where(finite, subspace_mass(W, self.U), nan)
-        self.cosines[step] = torch.where(finite.unsqueeze(-1), principal_cosines(self.subspace(W, step), self.U), nan)
+        overlap = torch.bmm(self.subspace(W, step), self.U.transpose(1, 2))       # Q U^T, (K, r, r)
+        self.overlaps[step] = torch.where(finite.view(-1, 1, 1), overlap, nan)
 
     def subspace(self, W: torch.Tensor, step: int) -> torch.Tensor:
         """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1 (and always with
@@ -164,7 +166,10 @@ class Stage1Module(_FullBatchModule):
     def flush(self, upto: int) -> None:
         """Move history rows (flushed, upto] to the host, stop on divergence, log them."""
         rows = slice(self.flushed + 1, upto + 1)
-        mass, cosines, losses = self.mass[rows].cpu(), self.cosines[rows].cpu(), self.losses[rows].cpu()
+        mass, overlaps, losses = self.mass[rows].cpu(), self.overlaps[rows].cpu(), self.losses[rows].cpu()
+        recorded = ~torch.isnan(mass[:, 0])
+        cosines = torch.full(overlaps.shape[:-1], float("nan"))
+        cosines[recorded] = cosines_from_overlap(overlaps[recorded])  # on the host: no sync per step
         finite = bool(torch.isfinite(self.network.W).all())
         for i, step in enumerate(range(rows.start, rows.stop)):
             if step > 0 and not bool(torch.isfinite(losses[i]).all()) or (not finite and step == upto):

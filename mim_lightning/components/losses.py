@@ -28,9 +28,9 @@ def pseudo_huber(t, y):
 
 
 def logcosh(t, y):
-    """log cosh(t - y), computed stably as |u| + log1p(exp(-2|u|)) - log 2."""
-    u = (t - y).abs()
-    return u + torch.log1p(torch.exp(-2 * u)) - math.log(2.0)
+    """log cosh(t - y), computed stably as u + softplus(-2u) - log 2 with u = t - y."""
+    u = t - y
+    return u + F.softplus(-2 * u, threshold=40.0) - math.log(2.0)
 
 
 def even_tanh_sq(t, y):
