@@ -36,6 +36,7 @@ class ModelConfig(Section):
     width: int = Field(256, gt=0, description="hidden width m (even: neurons come in symmetric pairs)")
     activation: str = Field("logcosh", description="activation sigma (a registered activation name)")
     init_scale: float = Field(1e-6, gt=0, description="norm of each first-layer row at initialisation (eps0)")
+    signs: Literal["pairs", "positive", "negative"] = Field("pairs", description="second layer at initialisation: symmetric pairs (a = +-1, f = 0; stage 1 ranks directions by |eigenvalue|) or every a_j = +1 / -1 (one sign of the spectrum)")
 
 
 class Stage1Config(Section):
@@ -99,8 +100,8 @@ class Config(Section):
         for key, n in (("data.alpha", self.n1), ("data.alpha2", self.n2)):
             if n < 2:
                 raise ValueError(f"{key} * data.d gives {n} samples; at least 2 are needed")
-        if self.model.width % 2:
-            raise ValueError(f"model.width = {self.model.width} must be even (neurons come in symmetric pairs)")
+        if self.model.width % 2 and self.model.signs == "pairs":
+            raise ValueError(f"model.width = {self.model.width} must be even when model.signs = pairs")
         return self
 
     @property

@@ -16,21 +16,29 @@ class TwoLayerNetwork(nn.Module):
 
     Initialisation (SCIENCE.md section 2): symmetric pairs w_j = w_{j+m/2}, a_j = -a_{j+m/2} = 1,
     so f = 0; rows of W have norm ~ init_scale (entries N(0, init_scale^2 / d)); biases 0.
+    ``signs`` "positive" / "negative" instead gives every neuron a_j = +1 / -1 and its own row:
+    stage 1 then amplifies one sign of the spectrum (when eta1 * beta1 < 1) instead of both.
     """
 
-    def __init__(self, seeds, width: int, d: int, activation: Callable, init_scale: float, device=None):
+    def __init__(self, seeds, width: int, d: int, activation: Callable, init_scale: float, device=None,
+                 signs: str = "pairs"):
         super().__init__()
-        half = width // 2
+        K = len(seeds)
         rows = []
         for seed in seeds:
             g = generator(seed, "init", torch.device(device or "cpu"))
-            rows.append(torch.randn(half, d, generator=g, device=device) * (init_scale / math.sqrt(d)))
-        w_half = torch.stack(rows)
-        K = len(rows)
-        self.W = nn.Parameter(torch.cat([w_half, w_half], dim=1))
+            count = width // 2 if signs == "pairs" else width
+            rows.append(torch.randn(count, d, generator=g, device=device) * (init_scale / math.sqrt(d)))
+        W = torch.stack(rows)
+        if signs == "pairs":
+            half = width // 2
+            W = torch.cat([W, W], dim=1)
+            a = torch.cat([torch.ones(half, device=device), -torch.ones(half, device=device)])
+        else:
+            a = torch.full((width,), 1.0 if signs == "positive" else -1.0, device=device)
+        self.W = nn.Parameter(W)
         self.b = nn.Parameter(torch.zeros(K, width, device=device), requires_grad=False)
-        signs = torch.cat([torch.ones(half, device=device), -torch.ones(half, device=device)])
-        self.a = nn.Parameter(signs.expand(K, width).clone(), requires_grad=False)
+        self.a = nn.Parameter(a.expand(K, width).clone(), requires_grad=False)
         self.activation = activation
 
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,8 @@ def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, Tw
         seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
         {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size, cfg.data.split_samples,
     )
-    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale)
+    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale,
+                              signs=cfg.model.signs)
     return components, dm, network
 
 

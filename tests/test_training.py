@@ -11,12 +11,16 @@ from mim_lightning.runner import build, run_stage1, run_stage2
 from helpers import tiny_config
 
 
-def test_one_stage1_step_is_power_iteration():
-    """Quadratic activation, f = 0 at init: W1 = (1 - eta beta) W0 - eta diag(a) W0 Sigmahat,
-    Sigmahat = (1/n) sum_i (loss'(0, y_i) + mean T) x_i x_i^T (centred preprocessing)."""
-    cfg = tiny_config("model.activation=quadratic", "stage1.steps=1", "stage1.lr=0.7",
+@pytest.mark.parametrize("signs", ["pairs", "positive", "negative"])
+def test_one_stage1_step_is_power_iteration(signs):
+    """Quadratic activation, tiny init (f = 0 exactly for pairs, O(eps^2) otherwise):
+    W1 = (1 - eta beta) W0 - eta diag(a) W0 Sigmahat, Sigmahat = (1/n) sum_i (loss'(0, y_i) + mean T) x_i x_i^T."""
+    cfg = tiny_config("model.activation=quadratic", "stage1.steps=1", "stage1.lr=0.7", f"model.signs={signs}",
                       "stage1.weight_decay=0.4", "data.link=z1z2", "model.init_scale=1e-3")
     components, dm, network = build(cfg)
+    if signs != "pairs":
+        assert (network.a == (1.0 if signs == "positive" else -1.0)).all()
+        assert not torch.equal(network.W[0, 0], network.W[0, cfg.model.width // 2])
     W0 = network.W.detach().clone()[0]
     a = network.a.detach()[0]
     run_stage1(cfg, components, dm, network)

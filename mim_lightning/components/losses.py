@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mim_lightning.hookspecs import hookimpl
+from mim_lightning.preprocessing import optimal_sum_he2_loss
 
 
 def squared(t, y):
@@ -45,8 +46,13 @@ def even_tanh_sq(t, y):
 
 @hookimpl
 def register_losses(register):
+    """Also the optimal preprocessed losses of sum_he2 on r = 1..4 coordinates (he2 is r = 1),
+    T(y) = y / (y + r sqrt(2)), tuned for alpha = 2 alpha_c (``mim_lightning.preprocessing``)."""
     register("squared", squared)
     register("huber", huber)
     register("pseudo_huber", pseudo_huber)
     register("logcosh", logcosh)
     register("even_tanh_sq", even_tanh_sq)
+    register("optimal_he2", optimal_sum_he2_loss(1), stage=1, link="he2", r=1)
+    for r in range(1, 5):
+        register(f"optimal_sum_he2_r{r}", optimal_sum_he2_loss(r), stage=1, link="sum_he2", r=r)
