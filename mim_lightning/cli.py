@@ -17,7 +17,8 @@ from mim_lightning.errors import MimError
 
 
 def friendly_errors(command):
-    """Turn MimError into 'Error: <one line>' and exit 2 (bad usage) unless --debug is given."""
+    """Turn MimError (and any unforeseen exception) into 'Error: <one line>' and exit 1, unless
+    --debug is given."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
