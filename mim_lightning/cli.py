@@ -69,7 +69,7 @@ def summary(results: dict) -> str:
     spec = ", ".join(f"{c:.3f}" for c in results["spectral_principal_cosines"])
     return (
         f"principal cosines   {cos}\n"
-        f"spectral baseline   {spec}\n"
+        f"spectral baseline   {spec}  (top-r by {results.get('spectral_order', 'magnitude')})\n"
         f"subspace mass       {results['subspace_mass']:.3f}\n"
         f"test relative MSE   {results['test_rel_mse']:.4f}\n"
         f"time                stage 1 {results['timings']['stage1']:.1f} s, stage 2 {results['timings']['stage2']:.1f} s"

@@ -16,6 +16,13 @@ def subspace_mass(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return inside / W.square().sum((1, 2))
 
 
+def direction_mass(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """|W b_k|^2 / |W|_F^2 for each row b_k of an orthonormal basis (K, r, d): (K, r). With the
+    eigenbasis of M it shows how stage 1 spreads the weight over the hidden directions (collapse
+    onto the top one puts it all in the first entry)."""
+    return torch.bmm(W, basis.transpose(1, 2)).square().sum(1) / W.square().sum((1, 2)).unsqueeze(-1)
+
+
 def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
     """Q (K, r, d): orthonormal rows spanning the top-r right singular vectors of each W (K, m, d).
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -16,10 +17,12 @@ from mim_lightning.checkpointing import CHECKPOINT, StepCheckpoint, StopRequest
 from mim_lightning.config import Config, flatten
 from mim_lightning.data import MultiIndexDataModule
 from mim_lightning.errors import MimError
+from mim_lightning.metrics import direction_mass
 from mim_lightning.model import TwoLayerNetwork
 from mim_lightning.probe import probe_components
 from mim_lightning.module import Stage1Module, Stage2Module
 from mim_lightning.spectral import spectral_cosines
+from mim_lightning.theory import population_matrix
 
 
 @dataclass
@@ -47,15 +50,16 @@ def resolve_components(cfg: Config) -> Components:
 
 
 def solver_for(cfg: Config, replicas: int = 1) -> str:
-    """The stage-2 solver: 'auto' is ridge for squared loss, else lbfgs (gd for K > 1 replicas,
-    which lbfgs would couple); ridge needs squared loss."""
+    """The stage-2 solver: 'auto' is ridge for squared loss, else lbfgs, whatever the number of
+    replicas (so a config means the same numbers batched or alone); ridge needs squared loss, and
+    lbfgs, whose line of search would couple batched replicas, needs K = 1."""
     solver = cfg.stage2.solver
     if solver == "auto":
-        solver = "ridge" if cfg.stage2.loss == "squared" else "lbfgs" if replicas == 1 else "gd"
+        solver = "ridge" if cfg.stage2.loss == "squared" else "lbfgs"
     if solver == "ridge" and cfg.stage2.loss != "squared":
         raise MimError(f"stage2.solver = ridge needs stage2.loss = squared (got {cfg.stage2.loss!r}); use lbfgs or gd")
     if solver == "lbfgs" and replicas > 1:
-        raise MimError("stage2.solver = lbfgs couples batched replicas; use ridge or gd to train several seeds at once")
+        raise MimError("stage2.solver = lbfgs couples batched replicas; train the seeds separately, or use gd")
     return solver
 
 
@@ -109,8 +113,22 @@ def run_stage1(cfg, components, dm, network, logger=None, checkpoint: StepCheckp
         checkpoint.raise_if_stopped()
     reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
     shift = stage1.shift.to(trainer.strategy.root_device)
-    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce)
+    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce,
+                                orders=("magnitude", "largest", "smallest"))
     return stage1, spectral
+
+
+SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
+
+
+def eigen_direction_mass(cfg: Config, W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Weight of W along each eigenvector of M = E[loss'(0, y)(z z^T - I)] (stage-1 loss), ordered
+    by |eigenvalue| descending: (K, r). M comes from ``theory.population_matrix`` (cached)."""
+    M, _ = population_matrix(cfg.data.link, cfg.stage1.loss, cfg.data.r)
+    values, vectors = np.linalg.eigh(0.5 * (M + M.T))
+    vectors = vectors[:, np.argsort(-np.abs(values), kind="stable")]
+    basis = torch.einsum("lk,nld->nkd", torch.as_tensor(vectors, dtype=U.dtype, device=U.device), U)
+    return direction_mass(W.detach(), basis)
 
 
 def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: StepCheckpoint | None = None,
@@ -166,9 +184,9 @@ def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: 
 def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool = False,
                    stop: StopRequest | None = None) -> list[dict]:
     """K independent runs (one per seed) trained at once as batched matrix products: one results
-    dict per seed, each the same as a separate run with ``seed`` set to it (stage-2 lbfgs couples
-    the replicas through its shared line of search, so ``solver_for`` refuses K > 1 with lbfgs).
-    TensorBoard shows the first replica."""
+    dict per seed, each the same as a separate run with ``seed`` set to it (stage-2 lbfgs would
+    couple the replicas, so ``solver_for`` refuses K > 1 with lbfgs). TensorBoard shows the first
+    replica."""
     seeds = list(seeds)
     solver_for(cfg, replicas=len(seeds))
     ckpt, state = read_checkpoint_stage(out) if resume else (out / CHECKPOINT, None)
@@ -185,7 +203,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                                       ckpt_path=ckpt if state is not None else None)
         timings["stage1"] = time.perf_counter() - start
         outputs = {"history": stage1.history, "timings": dict(timings),
-                   "spectral": {order: cos.tolist() for order, cos in spectral.items()}}
+                   "spectral": {order: cos.tolist() for order, cos in spectral.items()},
+                   "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()}
     else:
         outputs = state["stage1"]
         timings.update(outputs["timings"])
@@ -216,8 +235,11 @@ def replica_results(cfg: Config, k: int, outputs: dict, stage2: Stage2Module, as
         "principal_cosines": final["principal_cosines"][k],
         "subspace_mass": final["subspace_mass"][k],
         "test_rel_mse": float(stage2.test_rel_mse[k]),
-        "spectral_principal_cosines": outputs["spectral"]["magnitude"][k],
+        "spectral_principal_cosines": outputs["spectral"][SPECTRAL_ORDER[cfg.model.signs]][k],
+        "spectral_order": SPECTRAL_ORDER[cfg.model.signs],
+        "spectral_principal_cosines_magnitude": outputs["spectral"]["magnitude"][k],
         "spectral_principal_cosines_largest": outputs["spectral"]["largest"][k],
+        "direction_mass": outputs["direction_mass"][k],
         "stage2_loss": None if stage2.last_loss is None else float(stage2.last_loss[k]),
         "config": cfg.model_dump(),
         "assumptions": assumptions if assumptions is not None else [],

@@ -188,8 +188,8 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 
 def batchable(cfg: Config) -> bool:
     """Whether several seeds of this config may be trained as one batched run with the same numbers
-    as separate runs: not when a single run's stage-2 solver is lbfgs (``solver=auto`` with a
-    non-squared loss included, for which the runner would switch a batch to gd)."""
+    as separate runs: not when the stage-2 solver is lbfgs (``solver=auto`` with a non-squared
+    loss included)."""
     from mim_lightning.runner import solver_for
 
     return solver_for(cfg, replicas=1) != "lbfgs"

@@ -40,6 +40,9 @@ def test_train_writes_the_contract(tmp_path):
     assert results["principal_cosines"] == sorted(results["principal_cosines"], reverse=True)
     assert [h["step"] for h in results["history"]] == [0, 1, 2, 3, 4]
     assert set(results["timings"]) == {"stage1", "stage2"}
+    assert sum(results["direction_mass"]) == pytest.approx(results["subspace_mass"], rel=1e-4)
+    assert results["spectral_order"] == "magnitude"
+    assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_magnitude"]
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert resolved["stage1"]["steps"] == 4 and resolved["data"]["d"] == 32
     assert Config.model_validate(resolved) == Config.model_validate(results["config"])
@@ -136,3 +139,12 @@ def test_hparams_and_final_metrics_reach_tensorboard(tmp_path):
     events.Reload()
     assert "final/test_rel_mse" in events.Tags()["scalars"]
     assert events.PluginTagToContent("hparams")  # the HParams entry: config -> final metrics
+
+
+def test_spectral_baseline_follows_the_sign_structure_of_the_network(tmp_path):
+    """Pairs amplify both signs (|eigenvalue|); all a_j = +1 with eta1 beta1 < 1 the largest."""
+    result = run("train", "--out", tmp_path, *sets(TINY), *sets(["model.signs=positive", "stage1.weight_decay=0"]))
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["spectral_order"] == "largest"
+    assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_largest"]
