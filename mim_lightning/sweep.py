@@ -68,6 +68,7 @@ class Sweep:
     base: Config
     axes: dict[str, list]  # swept key -> its values, in the order of the sweep file
     runs: list[Run] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)  # variant name -> its dotted overrides
 
     @property
     def keys(self) -> list[str]:
@@ -75,8 +76,17 @@ class Sweep:
 
     @property
     def x_key(self) -> str | None:
-        """The key plots use as x axis: the first swept key that is not ``seed``."""
-        return next((k for k in self.keys if k != "seed"), None)
+        """The key plots use as x axis: the first swept key other than ``seed`` and ``variant``
+        (variants become curves), else ``variant``."""
+        return next((k for k in self.keys if k not in ("seed", "variant")), "variant" if self.variants else None)
+
+
+def sweep_section(sweep: Sweep) -> dict:
+    """The ``sweep:`` mapping as written back to DIR/sweep.yaml (variants as their bundles)."""
+    section = {k: v for k, v in sweep.axes.items() if k != "variant"}
+    if sweep.variants:
+        section = {"variant": [{"name": n, **o} for n, o in sweep.variants.items()], **section}
+    return section
 
 
 def canonical(cfg: Config) -> str:
@@ -93,9 +103,11 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
-def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, list]]:
-    """(base config tree, {dotted key: values}) of a sweep file with ``--set`` overrides applied to
-    the base. The ``sweep:`` mapping may be written flat (``data.alpha: [1, 2]``) or nested."""
+def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, list], dict[str, dict]]:
+    """(base config tree, {dotted key: values}, {variant name: overrides}) of a sweep file with
+    ``--set`` overrides applied to the base. The ``sweep:`` mapping may be written flat
+    (``data.alpha: [1, 2]``) or nested; its optional ``variant`` entry is a list of named bundles of
+    overrides (``- {name: joint, stage1.joint: true}``), swept like one key called ``variant``."""
     tree = read_yaml(path)
     for text in overrides:
         set_dotted(tree, *parse_override(text))
@@ -108,7 +120,8 @@ def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, lis
                        f" of values, e.g. sweep: {{data.alpha: [1, 2, 4]}} (got {grid!r})")
     valid = all_keys()
     sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
-    axes = {}
+    variants = read_variants(grid.pop("variant", None), valid)
+    axes = {"variant": list(variants)} if variants else {}
     for key, values in flatten(grid).items():
         key = str(key)
         if key not in valid:
@@ -123,7 +136,28 @@ def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, lis
             if any(_same(value, other) for other in values[:i]):
                 raise MimError(f"sweep key {key!r} lists the value {_show(value)} twice")
         axes[key] = values
-    return tree, axes
+    return tree, axes, variants
+
+
+def read_variants(entries, valid) -> dict[str, dict]:
+    """{name: {dotted key: value}} from the ``variant`` list of a sweep (validated, one line per error)."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise MimError("sweep 'variant' must be a non-empty list of mappings, e.g. - {name: joint, stage1.joint: true}")
+    variants = {}
+    for entry in entries:
+        overrides = flatten(dict(entry))
+        name = overrides.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise MimError(f"sweep variant {entry!r} needs a 'name' (a non-empty string)")
+        if name in variants:
+            raise MimError(f"sweep variant name {name!r} is used twice")
+        for key in overrides:
+            if key not in valid:
+                raise MimError(f"sweep variant {name!r}: {key!r} is not a config key{closest(key, valid)}")
+        variants[name] = overrides
+    return variants
 
 
 def _first_in(section: str, keys) -> str:
@@ -143,24 +177,29 @@ def load_sweep(path: str | Path, overrides=()) -> Sweep:
     of the grid (one-line MimErrors naming the key and value, before anything is trained)."""
     from mim_lightning.runner import validate
 
-    tree, axes = read_sweep_tree(path, overrides)
+    tree, axes, variants = read_sweep_tree(path, overrides)
     base = build_config(tree)
+
+    def apply(one: dict, key: str, value) -> None:
+        for k, v in (variants[value].items() if key == "variant" else [(key, value)]):
+            set_dotted(one, k, v)
+
     for key, values in axes.items():  # each value on its own, so the error names the culprit
         for value in values:
             one = copy.deepcopy(tree)
-            set_dotted(one, key, value)
+            apply(one, key, value)
             try:
                 build_config(one)
             except MimError as exc:
-                if f"{key!r}" in str(exc):
+                if key == "variant" or f"{key!r}" in str(exc):
                     raise MimError(f"sweep {key} = {_show(value)}: {exc}") from None
-    sweep = Sweep(base, axes)
+    sweep = Sweep(base, axes, variants=variants)
     seen, validated = {}, set()
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
         one = copy.deepcopy(tree)
         for key, value in values.items():
-            set_dotted(one, key, value)
+            apply(one, key, value)
         run = Run(values, None, "")
         try:
             run.cfg = build_config(one)
@@ -450,7 +489,7 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
         echo = lambda *args, **kwargs: None  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
     if zero:
-        (out / "sweep.yaml").write_text(yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep.axes}, sort_keys=False))
+        (out / "sweep.yaml").write_text(yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep_section(sweep)}, sort_keys=False))
     groups = seed_groups(sweep.runs)
     echo(f"{len(sweep.runs)} runs ({len(groups)} group(s) of seeds) in {out / 'runs'}", err=True)
     progress = Progress(len(sweep.runs), None if zero else io.StringIO())

@@ -194,6 +194,11 @@ def test_progress_counts_cached_runs_and_estimates_the_rest():
     ({"data.link": ["sum_he2", "nope"]}, "sweep run data.link='nope': data.link: unknown link 'nope'"),
     ([1, 2], "'sweep' must be a non-empty mapping"),
     ({"data": 3}, "sweep key 'data' is a section, not a config key"),
+    ({"variant": [{"stage1.joint": True}]}, "sweep variant {'stage1.joint': True} needs a 'name'"),
+    ({"variant": [{"name": "a"}, {"name": "a"}]}, "sweep variant name 'a' is used twice"),
+    ({"variant": [{"name": "x", "stage1.jiont": True}]}, "sweep variant 'x': 'stage1.jiont' is not a config key"),
+    ({"variant": [{"name": "x", "data.d": -1}]}, "sweep variant = 'x': config key 'data.d'"),
+    ({"variant": "joint"}, "sweep 'variant' must be a non-empty list of mappings"),
 ])
 def test_bad_sweep_files_get_one_line(tmp_path, grid, message):
     path = write_sweep(tmp_path / "bad.yaml", grid)
@@ -210,3 +215,21 @@ def test_a_file_without_sweep_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(BASE))
     result = CliRunner().invoke(main, ["sweep", str(path)])
     assert result.exit_code != 0 and "has no 'sweep:' mapping" in result.output
+
+
+def test_variants_are_named_bundles_of_overrides(tmp_path):
+    grid = {"variant": [{"name": "layer-wise"}, {"name": "no-rescale", "stage2": {"rescale": False}},
+                        {"name": "joint", "stage1.joint": True, "stage1.lr": 0.5}],
+            "data.alpha": [8], "seed": [0]}
+    path = write_sweep(tmp_path / "ablations.yaml", grid)
+    result = invoke(path, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert [row["variant"] for row in rows] == ["layer-wise", "no-rescale", "joint"]
+    configs = {row["variant"]: yaml.safe_load((tmp_path / "out" / "runs" / row["run"] / "config.yaml").read_text())
+               for row in rows}
+    assert configs["no-rescale"]["stage2"]["rescale"] is False and configs["layer-wise"]["stage2"]["rescale"] is True
+    assert configs["joint"]["stage1"]["joint"] is True and configs["joint"]["stage1"]["lr"] == 0.5
+    assert rows[2]["stage2_loss"] == ""  # the joint ablation has no stage 2
+    written = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["sweep"]
+    assert written["variant"][1] == {"name": "no-rescale", "stage2.rescale": False}
