@@ -21,6 +21,8 @@ FIGURES = {
                              "smallest principal cosine", "cosine"),
     "subspace_mass": ("subspace_mass", "spectral_subspace_mass", "subspace mass |W U^T|_F^2 / |W|_F^2", "mass"),
     "test_rel_mse": ("test_rel_mse", None, "test MSE / Var(y)", "mse"),
+    "weakest_direction_mass": ("weakest_direction_mass", None,
+                               "mass along M's weakest eigenvector |W v_r|^2 / |W|_F^2", "mass"),
 }
 
 

@@ -44,6 +44,7 @@ METRICS = [
     "spectral_mean_principal_cosine",
     "spectral_subspace_mass",
     "spectral_largest_min_principal_cosine",
+    "weakest_direction_mass",
     "stage2_loss",
 ]
 
@@ -407,6 +408,8 @@ def metrics_of(results: dict) -> dict[str, float]:
         # the subspace mass of the estimator's r orthonormal eigenvectors: the mean squared cosine
         "spectral_subspace_mass": sum(c * c for c in spec) / len(spec),
         "spectral_largest_min_principal_cosine": min(results["spectral_principal_cosines_largest"]),
+        # weight along the eigenvector of M with the smallest |eigenvalue|: 0 is collapse
+        "weakest_direction_mass": results["direction_mass"][-1],
         "stage2_loss": results["stage2_loss"],
     }
 

@@ -19,8 +19,8 @@ from helpers import TINY
 BASE = {"data": {"d": 32, "alpha2": 8, "n_test": 512}, "model": {"width": 32}, "stage1": {"steps": 3}}
 COLUMNS = ["data.alpha", "seed", "min_principal_cosine", "mean_principal_cosine", "subspace_mass", "test_rel_mse",
            "spectral_min_principal_cosine", "spectral_mean_principal_cosine", "spectral_subspace_mass",
-           "spectral_largest_min_principal_cosine", "stage2_loss", "run"]
-PLOTS = ["min_principal_cosine.png", "subspace_mass.png", "test_rel_mse.png"]
+           "spectral_largest_min_principal_cosine", "weakest_direction_mass", "stage2_loss", "run"]
+PLOTS = ["min_principal_cosine.png", "subspace_mass.png", "test_rel_mse.png", "weakest_direction_mass.png"]
 
 
 def write_sweep(path, grid, **base):

@@ -41,6 +41,12 @@ def linear_he2(z):
     return z[..., 0] + z[..., 1] ** 2 - 1
 
 
+def weighted_he2(z):
+    """g(z) = (z1^2 - 1) + (z2^2 - 1) / 2: population matrix (squared loss) -diag(2, 1), so long
+    power iteration collapses onto z1 (the effect of T1)."""
+    return z[..., 0] ** 2 - 1 + 0.5 * (z[..., 1] ** 2 - 1)
+
+
 @hookimpl
 def register_links(register):
     register("z1z2", z1z2, min_r=2, degree=2)
@@ -49,3 +55,4 @@ def register_links(register):
     register("tanh_sum", tanh_sum, min_r=1, degree=None)
     register("staircase", staircase, min_r=2, degree=2)
     register("linear_he2", linear_he2, min_r=2, degree=2)
+    register("weighted_he2", weighted_he2, min_r=2, degree=2)
