@@ -80,6 +80,7 @@ class TrainerConfig(Section):
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
     num_nodes: int = Field(1, gt=0, description="number of nodes")
     precision: str = Field("32-true", description="Lightning precision (stage 1 is fp32 math by default)")
+    matmul_precision: Literal["highest", "high", "medium"] = Field("highest", description="torch.set_float32_matmul_precision: 'high' allows TF32 matmuls on NVIDIA GPUs (about 3 decimal digits), 'medium' bf16")
 
 
 class Config(Section):

@@ -66,6 +66,7 @@ def solver_for(cfg: Config, replicas: int = 1) -> str:
 def make_trainer(cfg: Config, max_epochs: int, logger, callbacks=()) -> L.Trainer:
     """A Trainer for one stage (one epoch = one full-batch step); bad trainer.* values -> MimError."""
     t = cfg.trainer
+    torch.set_float32_matmul_precision(t.matmul_precision)
     try:
         return L.Trainer(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,

@@ -27,7 +27,11 @@ def sets(items):
 
 
 def test_quickstart_yaml_is_the_default_config():
-    assert load_config(ROOT / "configs" / "quickstart.yaml") == Config()
+    from mim_lightning.config import all_keys, flatten, read_yaml
+
+    path = ROOT / "configs" / "quickstart.yaml"
+    assert load_config(path) == Config()
+    assert sorted(flatten(read_yaml(path))) == sorted(all_keys())  # every key written out
 
 
 def test_train_writes_the_contract(tmp_path):
