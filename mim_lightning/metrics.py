@@ -26,18 +26,18 @@ def direction_mass(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
     """Q (K, r, d): orthonormal rows spanning the top-r right singular vectors of each W (K, m, d).
 
-    Computed from the smaller Gram matrix of W / |W|_F (eigh in float64), which is much cheaper than
-    a full SVD when r << min(m, d) and insensitive to the overall scale of W.
+    Computed in float64 from the smaller Gram matrix of W / |W|_F (eigh), much cheaper than a full
+    SVD when r << min(m, d) and insensitive to the overall scale of W; float64 keeps singular
+    values down to ~1e-7 of the largest resolved although the Gram squares them.
     """
-    Wn = W / W.flatten(1).norm(dim=1).clamp_min(torch.finfo(W.dtype).tiny).view(-1, 1, 1)
+    Wn = W.double() / W.double().flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, 1, 1)
     m, d = W.shape[1:]
     if d <= m:
-        _, vecs = torch.linalg.eigh(torch.bmm(Wn.transpose(1, 2), Wn).double())
+        _, vecs = torch.linalg.eigh(torch.bmm(Wn.transpose(1, 2), Wn))
         return vecs[..., -r:].flip(-1).transpose(1, 2).to(W.dtype)
-    _, vecs = torch.linalg.eigh(torch.bmm(Wn, Wn.transpose(1, 2)).double())
-    left = vecs[..., -r:].flip(-1).to(W.dtype)               # (K, m, r)
-    rows = torch.bmm(left.transpose(1, 2), Wn)               # (K, r, d) = S V^T
-    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)
+    _, vecs = torch.linalg.eigh(torch.bmm(Wn, Wn.transpose(1, 2)))
+    rows = torch.bmm(vecs[..., -r:].flip(-1).transpose(1, 2), Wn)     # (K, r, d) = S V^T
+    return (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)).to(W.dtype)
 
 
 def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int) -> torch.Tensor:

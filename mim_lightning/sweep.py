@@ -10,6 +10,7 @@ it. The sweep ends with ``OUT/results.csv`` (one row per run), PNG plots and a t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -319,6 +320,16 @@ def fresh_folder(folder: Path, cfg: Config) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
+@contextlib.contextmanager
+def naming(group: list[Run]):
+    """Prefix a run's one-line error with the run (a batched group: its seeds too)."""
+    try:
+        yield
+    except MimError as exc:
+        seeds = "" if len(group) == 1 else f" (seeds {', '.join(str(run.cfg.seed) for run in group)} batched)"
+        raise MimError(f"sweep run {group[0].describe()}{seeds}: {exc}; finished runs are kept") from None
+
+
 def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
             checks: Callable[[Config], list] | None = None) -> dict[str, dict]:
     """Train every run of the sweep that has no results.json yet; {run key: results dict} for all.
@@ -372,8 +383,9 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
         start = time.perf_counter()
         if len(group) > 1 and batchable(first.cfg):
             fresh_folder(folder(first), first.cfg)
-            batch = runner.train_replicas(first.cfg, folder(first), [run.cfg.seed for run in group],
-                                          assumptions=assumptions(first.cfg))
+            with naming(group):
+                batch = runner.train_replicas(first.cfg, folder(first), [run.cfg.seed for run in group],
+                                              assumptions=assumptions(first.cfg))
             for run, res in zip(group, batch):
                 write_run(folder(run), run.cfg, res)
                 results[run.key] = res
@@ -383,7 +395,8 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
             for run in group:
                 start = time.perf_counter()
                 fresh_folder(folder(run), run.cfg)
-                res = runner.train(run.cfg, folder(run), assumptions=assumptions(run.cfg))
+                with naming([run]):
+                    res = runner.train(run.cfg, folder(run), assumptions=assumptions(run.cfg))
                 write_run(folder(run), run.cfg, res)
                 results[run.key] = res
                 to_train -= 1

@@ -233,3 +233,15 @@ def test_variants_are_named_bundles_of_overrides(tmp_path):
     assert rows[2]["stage2_loss"] == ""  # the joint ablation has no stage 2
     written = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["sweep"]
     assert written["variant"][1] == {"name": "no-rescale", "stage2.rescale": False}
+
+
+def test_a_run_that_fails_is_named_and_finished_runs_are_kept(tmp_path):
+    grid = {"stage1.lr": [0.001, 1e6], "seed": [0]}
+    path = write_sweep(tmp_path / "diverge.yaml", grid, stage1={"steps": 5, "weight_decay": 0.0},
+                       model={"width": 32, "init_scale": 1.0})
+    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "sweep run stage1.lr=1000000.0, seed=0: stage 1 diverged at step" in errors[0]
+    assert len(list((tmp_path / "out" / "runs").glob("*/results.json"))) == 1
