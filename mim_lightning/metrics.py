@@ -12,6 +12,7 @@ from torchmetrics import Metric
 
 def subspace_mass(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """|W U^T|_F^2 / |W|_F^2 per replica: W (K, m, d), U (K, r, d) -> (K,)."""
+    W = W / W.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)  # no underflow in squares
     inside = torch.bmm(W, U.transpose(1, 2)).square().sum((1, 2))
     return inside / W.square().sum((1, 2))
 
@@ -20,6 +21,7 @@ def direction_mass(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """|W b_k|^2 / |W|_F^2 for each row b_k of an orthonormal basis (K, r, d): (K, r). With the
     eigenbasis of M it shows how stage 1 spreads the weight over the hidden directions (collapse
     onto the top one puts it all in the first entry)."""
+    W = W / W.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)  # no underflow in squares
     return torch.bmm(W, basis.transpose(1, 2)).square().sum(1) / W.square().sum((1, 2)).unsqueeze(-1)
 
 

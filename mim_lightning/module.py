@@ -21,6 +21,7 @@ from mim_lightning.spectral import mean_preprocessing
 
 
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
+VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
 class _FullBatchModule(L.LightningModule):
@@ -171,6 +172,12 @@ class Stage1Module(_FullBatchModule):
         cosines = torch.full(overlaps.shape[:-1], float("nan"))
         cosines[recorded] = cosines_from_overlap(overlaps[recorded])  # on the host: no sync per step
         finite = bool(torch.isfinite(self.network.W).all())
+        if finite and float(self.network.W.detach().abs().amax()) < VANISHED:
+            raise MimError(
+                f"stage 1 vanished by step {upto}: the first-layer weights underflowed to ~0 (max |w| < {VANISHED:g}); "
+                f"each step multiplies W by about stage1.lr * |lambda_1(M)| + (1 - stage1.lr * stage1.weight_decay): "
+                f"raise stage1.lr (now {self.cfg.stage1.lr}) towards 1 / |lambda_1(M)| (mim theory) or raise model.init_scale"
+            )
         for i, step in enumerate(range(rows.start, rows.stop)):
             if step > 0 and not bool(torch.isfinite(losses[i]).all()) or (not finite and step == upto):
                 raise MimError(

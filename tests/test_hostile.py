@@ -164,3 +164,10 @@ def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "train", explode)
     check_one_line(invoke(tmp_path, *sets()), tmp_path, "out of memory", "data.chunk_size")
+
+
+def test_vanishing_weights_are_stopped_with_advice(tmp_path):
+    """Steps that multiply W by ~0.1 underflow it long before T1: say so instead of reporting noise."""
+    check_one_line(invoke(tmp_path, *sets("stage1.lr=0.05", "stage1.weight_decay=20", "stage1.steps=60",
+                                          "metrics.flush_every_n_steps=60")),
+                   tmp_path, "stage 1 vanished by step", "raise stage1.lr")
