@@ -35,7 +35,10 @@ def _label(keys, values) -> str:
 
 
 def _stats(rows, column):
-    values = [r[column] for r in rows]
+    """(mean, min, max) over the runs that finished (NaN when none did: matplotlib leaves a gap)."""
+    values = [r[column] for r in rows if r[column] is not None]
+    if not values:
+        return math.nan, math.nan, math.nan
     return sum(values) / len(values), min(values), max(values)
 
 

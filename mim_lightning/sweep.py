@@ -34,6 +34,7 @@ from mim_lightning.registry import closest
 from mim_lightning.theory import alpha_c
 
 RESULTS = "results.json"
+FAILED = "failed.json"  # a run that stopped with an error (diverged, vanished): cached like a result
 
 #: the results.csv columns after the varied keys (``run`` is last)
 METRICS = [
@@ -351,6 +352,9 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
                     continue
                 except json.JSONDecodeError:
                     pass  # a damaged file: train the run again
+            if (folder(run) / FAILED).is_file():
+                results[run.key] = json.loads((folder(run) / FAILED).read_text())
+                continue
             missing.append(run)
         if missing:
             todo.append(missing)
@@ -383,32 +387,42 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
         start = time.perf_counter()
         if len(group) > 1 and batchable(first.cfg):
             fresh_folder(folder(first), first.cfg)
-            with naming(group):
+            try:
                 batch = runner.train_replicas(first.cfg, folder(first), [run.cfg.seed for run in group],
                                               assumptions=assumptions(first.cfg))
-            for run, res in zip(group, batch):
+            except MimError:  # one seed failed: train them one by one to keep the others
+                batch = None
+            if batch is not None:
+                for run, res in zip(group, batch):
+                    write_run(folder(run), run.cfg, res)
+                    results[run.key] = res
+                to_train -= len(group)
+                progress.finish(len(group), time.perf_counter() - start, to_train)
+                continue
+        for run in group:
+            start = time.perf_counter()
+            fresh_folder(folder(run), run.cfg)
+            try:
+                res = runner.train(run.cfg, folder(run), assumptions=assumptions(run.cfg))
                 write_run(folder(run), run.cfg, res)
-                results[run.key] = res
-            to_train -= len(group)
-            progress.finish(len(group), time.perf_counter() - start, to_train)
-        else:
-            for run in group:
-                start = time.perf_counter()
-                fresh_folder(folder(run), run.cfg)
-                with naming([run]):
-                    res = runner.train(run.cfg, folder(run), assumptions=assumptions(run.cfg))
-                write_run(folder(run), run.cfg, res)
-                results[run.key] = res
-                to_train -= 1
-                progress.finish(1, time.perf_counter() - start, to_train)
+            except MimError as exc:  # diverged or vanished: recorded, the sweep goes on
+                res = {"failed": f"sweep run {run.describe()}: {exc}"}
+                (folder(run) / FAILED).write_text(json.dumps(res))
+                if rank_zero():
+                    click.echo(f"Warning: {res['failed']}", err=True)
+            results[run.key] = res
+            to_train -= 1
+            progress.finish(1, time.perf_counter() - start, to_train)
     return results
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def metrics_of(results: dict) -> dict[str, float]:
-    """The scalar columns of results.csv from one run's results dict."""
+def metrics_of(results: dict) -> dict[str, float | None]:
+    """The scalar columns of results.csv from one run's results dict (None for a failed run)."""
+    if "failed" in results:
+        return dict.fromkeys(METRICS)
     cos = results["principal_cosines"]
     spec = results["spectral_principal_cosines"]
     return {
@@ -434,6 +448,7 @@ def rows_of(sweep: Sweep, results: dict[str, dict]) -> list[dict]:
     for run in sweep.runs:
         row = dict(run.values)
         row.update(metrics_of(results[run.key]))
+        row["status"] = results[run.key].get("failed", "ok")
         row["run"] = run.key
         row.update(_d=run.cfg.data.d, _r=run.cfg.data.r, _link=run.cfg.data.link)
         rows.append(row)
@@ -441,7 +456,7 @@ def rows_of(sweep: Sweep, results: dict[str, dict]) -> list[dict]:
 
 
 def columns(sweep: Sweep) -> list[str]:
-    return [*sweep.keys, *METRICS, "run"]
+    return [*sweep.keys, *METRICS, "status", "run"]
 
 
 def write_csv(sweep: Sweep, rows: list[dict], path: Path) -> None:
@@ -464,6 +479,12 @@ TABLE = [("min_principal_cosine", "min cos", "{:.3f}"), ("spectral_min_principal
          ("subspace_mass", "mass", "{:.3f}"), ("test_rel_mse", "test MSE", "{:.4f}")]
 
 
+def mean_cell(values: list, fmt: str) -> str:
+    """The mean of the finished runs' values, '-' when none finished."""
+    done = [v for v in values if v is not None]
+    return fmt.format(sum(done) / len(done)) if done else "-"
+
+
 def table(sweep: Sweep, rows: list[dict]) -> str:
     """Means over seeds, one line per combination of the other swept keys."""
     keys = [k for k in sweep.keys if k != "seed"]
@@ -471,7 +492,7 @@ def table(sweep: Sweep, rows: list[dict]) -> str:
     body = []
     for values, group in grouped(rows, keys):
         cells = [v if isinstance(v, str) else json.dumps(v) for v in values] + [str(len(group))]
-        cells += [fmt.format(sum(r[m] for r in group) / len(group)) for m, _, fmt in TABLE]
+        cells += [mean_cell([r[m] for r in group], fmt) for m, _, fmt in TABLE]
         body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in [head, *body]]
@@ -518,4 +539,10 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     echo(table(sweep, rows))
     written = ", ".join(p.name for p in plots) if plots else "no plots (only seed is swept)"
     echo(f"wrote {out / 'results.csv'}; plots: {written}")
+    failed = sum(row["status"] != "ok" for row in rows)
+    if failed == len(rows):
+        raise MimError(f"all {failed} runs of the sweep failed; the first: {rows[0]['status']}")
+    if failed:
+        echo(f"Warning: {failed} of {len(rows)} runs failed (status column of results.csv; delete their"
+             f" folders in {out / 'runs'} to retry them)", err=True)
     return {"sweep": sweep, "rows": rows, "results": results, "plots": plots, "trained": progress.trained}
