@@ -62,7 +62,7 @@ class Stage2Config(Section):
 class MetricsConfig(Section):
     every_n_steps: int = Field(1, gt=0, description="compute stage-1 metrics (top-r singular subspace of W) every k steps; the last step always")
     subspace: Literal["tracked", "exact"] = Field("tracked", description="W's top-r singular subspace at recorded steps: exact (eigensolver) or tracked (block power iteration from the previous recorded step; steps 0 and T1 are always exact)")
-    tracking_iters: int = Field(10, gt=0, description="block power iterations per recorded step when subspace = tracked")
+    tracking_iters: int = Field(30, gt=0, description="at most this many block power iterations per recorded step when subspace = tracked (on the CPU it stops once the subspace moves < 1e-8 in squared sines)")
     flush_every_n_steps: int = Field(10, gt=0, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
 
 

@@ -10,19 +10,23 @@ import torch
 from torchmetrics import Metric
 
 
+def frobenius(W: torch.Tensor) -> torch.Tensor:
+    """|W|_F per replica, (K,), accumulated in float64 (no underflow for tiny weights), one pass."""
+    return torch.linalg.vector_norm(W, dim=(1, 2), dtype=torch.float64)
+
+
 def subspace_mass(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """|W U^T|_F^2 / |W|_F^2 per replica: W (K, m, d), U (K, r, d) -> (K,)."""
-    W = W / W.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)  # no underflow in squares
-    inside = torch.bmm(W, U.transpose(1, 2)).square().sum((1, 2))
-    return inside / W.square().sum((1, 2))
+    inside = torch.bmm(W, U.transpose(1, 2)).double().square().sum((1, 2))
+    return (inside / frobenius(W).square()).to(W.dtype)
 
 
 def direction_mass(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """|W b_k|^2 / |W|_F^2 for each row b_k of an orthonormal basis (K, r, d): (K, r). With the
     eigenbasis of M it shows how stage 1 spreads the weight over the hidden directions (collapse
     onto the top one puts it all in the first entry)."""
-    W = W / W.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)  # no underflow in squares
-    return torch.bmm(W, basis.transpose(1, 2)).square().sum(1) / W.square().sum((1, 2)).unsqueeze(-1)
+    along = torch.bmm(W, basis.transpose(1, 2)).double().square().sum(1)
+    return (along / frobenius(W).square().unsqueeze(-1)).to(W.dtype)
 
 
 def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
@@ -42,18 +46,27 @@ def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
     return (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)).to(W.dtype)
 
 
-def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int) -> torch.Tensor:
+def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | None = None,
+                    tol: float | None = None) -> torch.Tensor:
     """Orthogonal (block power) iteration on W^T W from ``basis`` (K, d, b): Q <- qr(W^T W Q).
 
     The leading r columns converge to W's top-r right singular subspace, the error shrinking by
-    (s_{r+1} / s_r)^2 per iteration; each iteration costs 4 m d b flops (b = r + oversampling), far
+    (s_{b+1} / s_r)^2 per iteration; each iteration costs 4 m d b flops (b = r + oversampling), far
     below the O(min(m, d)^3) of an eigensolver, and needs no host synchronisation on a GPU. The
-    basis is carried from one recorded step to the next, where W has changed little.
+    basis is carried from one recorded step to the next, where W has changed little. With ``tol``
+    (used on the CPU, where a check costs no synchronisation) the iteration stops early once the
+    leading r columns move by less than tol (squared sines), after at most ``iters`` iterations.
     """
-    Wn = W / W.flatten(1).norm(dim=1).clamp_min(torch.finfo(W.dtype).tiny).view(-1, 1, 1)
+    scale = (1 / frobenius(W).clamp_min(1e-300)).clamp_max(torch.finfo(W.dtype).max).to(W.dtype).view(-1, 1, 1)
     Q = basis
     for _ in range(iters):
-        Q = torch.linalg.qr(torch.bmm(Wn.transpose(1, 2), torch.bmm(Wn, Q))).Q
+        rows = torch.bmm((torch.bmm(W, Q) * scale).transpose(1, 2), W) * scale  # (W^T W Q)^T / |W|^2
+        previous, Q = Q, torch.linalg.qr(rows.transpose(1, 2)).Q
+        if tol is not None:
+            lead, old = Q[..., :r], previous[..., :r]
+            moved = (lead - torch.bmm(old, torch.bmm(old.transpose(1, 2), lead))).square().sum((1, 2))
+            if float(moved.max()) < tol:
+                break
     return Q
 
 

@@ -21,6 +21,7 @@ from mim_lightning.spectral import mean_preprocessing
 
 
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
+TRACKING_TOL = 1e-8  # on the CPU the tracked subspace stops iterating once it moves less than this (squared sines)
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
@@ -125,12 +126,8 @@ class Stage1Module(_FullBatchModule):
     def record(self, step: int) -> None:
         """Metrics of W into the history row ``step``; NaN (no exception, no sync) if W is not finite."""
         W = self.network.W.detach()
-        finite = torch.isfinite(W).flatten(1).all(-1)                    # (K,)
-        W = torch.where(finite.view(-1, 1, 1), W, torch.ones_like(W))
-        nan = torch.tensor(float("nan"), device=W.device)
-        self.mass[step] = torch.where(finite, subspace_mass(W, self.U), nan)
-        overlap = torch.bmm(self.subspace(W, step), self.U.transpose(1, 2))       # Q U^T, (K, r, r)
-        self.overlaps[step] = torch.where(finite.view(-1, 1, 1), overlap, nan)
+        self.mass[step] = subspace_mass(W, self.U)                  # NaN when W is not finite
+        self.overlaps[step] = torch.bmm(self.subspace(W, step), self.U.transpose(1, 2))  # Q U^T, (K, r, r)
 
     def subspace(self, W: torch.Tensor, step: int) -> torch.Tensor:
         """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1 (and always with
@@ -139,9 +136,12 @@ class Stage1Module(_FullBatchModule):
         metrics = self.cfg.metrics
         if metrics.subspace == "exact" or step in (0, self.cfg.stage1.steps) or self.basis is None:
             width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:])
-            self.basis = top_right_singular(W, width).transpose(1, 2)
+            finite = torch.isfinite(W).flatten(1).all(-1).view(-1, 1, 1)   # an eigensolver fails on NaN
+            self.basis = top_right_singular(torch.where(finite, W, torch.ones_like(W)), width).transpose(1, 2)
+            self.basis = torch.where(finite, self.basis, float("nan"))
         else:
-            self.basis = refine_subspace(W, self.basis, metrics.tracking_iters)
+            tol = TRACKING_TOL if W.device.type == "cpu" else None  # a check would sync a GPU
+            self.basis = refine_subspace(W, self.basis, metrics.tracking_iters, r, tol)
         return self.basis[..., :r].transpose(1, 2)
 
     def training_step(self, batch, batch_idx):
@@ -167,10 +167,6 @@ class Stage1Module(_FullBatchModule):
     def flush(self, upto: int) -> None:
         """Move history rows (flushed, upto] to the host, stop on divergence, log them."""
         rows = slice(self.flushed + 1, upto + 1)
-        mass, overlaps, losses = self.mass[rows].cpu(), self.overlaps[rows].cpu(), self.losses[rows].cpu()
-        recorded = ~torch.isnan(mass[:, 0])
-        cosines = torch.full(overlaps.shape[:-1], float("nan"))
-        cosines[recorded] = cosines_from_overlap(overlaps[recorded])  # on the host: no sync per step
         finite = bool(torch.isfinite(self.network.W).all())
         if finite and float(self.network.W.detach().abs().amax()) < VANISHED:
             raise MimError(
@@ -178,6 +174,10 @@ class Stage1Module(_FullBatchModule):
                 f"each step multiplies W by about stage1.lr * |lambda_1(M)| + (1 - stage1.lr * stage1.weight_decay): "
                 f"raise stage1.lr (now {self.cfg.stage1.lr}) towards 1 / |lambda_1(M)| (mim theory) or raise model.init_scale"
             )
+        mass, overlaps, losses = self.mass[rows].cpu(), self.overlaps[rows].cpu(), self.losses[rows].cpu()
+        recorded = torch.isfinite(overlaps).flatten(1).all(-1) & torch.isfinite(mass).all(-1)
+        cosines = torch.full(overlaps.shape[:-1], float("nan"))
+        cosines[recorded] = cosines_from_overlap(overlaps[recorded])  # on the host: no sync per step
         for i, step in enumerate(range(rows.start, rows.stop)):
             if step > 0 and not bool(torch.isfinite(losses[i]).all()) or (not finite and step == upto):
                 raise MimError(
@@ -187,7 +187,7 @@ class Stage1Module(_FullBatchModule):
             values = {}
             if step > 0:
                 values["stage1/loss"] = float(losses[i, 0])
-            if not torch.isnan(mass[i, 0]):
+            if recorded[i]:
                 values["stage1/subspace_mass"] = float(mass[i, 0])
                 values.update({f"stage1/principal_cosine_{k + 1}": float(c) for k, c in enumerate(cosines[i, 0])})
                 self.history.append({

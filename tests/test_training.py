@@ -128,7 +128,8 @@ def test_batched_replicas_equal_separate_runs(tmp_path, extra):
             assert batched[key] == pytest.approx(alone[key], abs=1e-5), key
         for row, other in zip(batched["history"], alone["history"], strict=True):
             assert row["step"] == other["step"]
-            assert row["principal_cosines"] == pytest.approx(other["principal_cosines"], abs=1e-5)
+            # tracked steps stop iterating when every replica has converged: equal to the tolerance
+            assert row["principal_cosines"] == pytest.approx(other["principal_cosines"], abs=1e-4)
         assert batched["config"]["seed"] == seed
 
 
