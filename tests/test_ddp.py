@@ -65,3 +65,24 @@ def test_two_local_nodes_with_torchrun_equal_one_process(tmp_path):
     for key in KEYS:
         for a, b in zip(as_list(one[key]), as_list(two[key])):
             assert abs(a - b) < 1e-4, (key, a, b)
+
+
+def test_sweep_under_ddp_equals_one_process(tmp_path):
+    import csv
+
+    import yaml
+
+    base = {"data": {"d": 32, "r": 2, "link": "sum_he2", "n_test": 512, "alpha2": 40}, "model": {"width": 32},
+            "stage1": {"steps": 3}, "sweep": {"data.alpha": [40, 80], "seed": [0, 1]}}
+    tables = []
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        path = tmp_path / f"sweep{devices}.yaml"
+        path.write_text(yaml.safe_dump({**base, "trainer": {"devices": devices, "strategy": strategy}}))
+        done = subprocess.run([MIM, "sweep", str(path), "--out", str(tmp_path / f"out{devices}")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with open(tmp_path / f"out{devices}" / "results.csv", newline="") as handle:
+            tables.append(list(csv.DictReader(handle)))
+    for one, two in zip(*tables, strict=True):
+        for key in ("min_principal_cosine", "subspace_mass", "test_rel_mse", "spectral_min_principal_cosine"):
+            assert abs(float(one[key]) - float(two[key])) < 1e-4, (key, one[key], two[key])
