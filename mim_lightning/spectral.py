@@ -29,27 +29,33 @@ def label_weighted_covariance(chunks, weight: Callable, n: int, reduce: Callable
     return reduce(total) / n
 
 
-def spectral_estimate(sigma: torch.Tensor, r: int, order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-r eigenvectors (K, r, d) and their eigenvalues (K, r) of symmetric sigma (K, d, d).
-
-    order "magnitude" ranks eigenvalues by |lambda|, "largest" by lambda, "smallest" by -lambda.
-    """
-    values, vectors = torch.linalg.eigh(sigma.double())
+def top_eigenpairs(values: torch.Tensor, vectors: torch.Tensor, r: int, order: str = "magnitude"):
+    """From eigh's (values (K, d), vectors (K, d, d)): the top-r eigenvectors (K, r, d) and their
+    eigenvalues (K, r); order "magnitude" ranks by |lambda|, "largest" by lambda, "smallest" by -lambda."""
     key = {"magnitude": values.abs(), "largest": values, "smallest": -values}[order]
     idx = key.argsort(dim=-1, descending=True)[..., :r]
-    top_values = values.gather(-1, idx)
     top_vectors = vectors.gather(-1, idx.unsqueeze(1).expand(-1, vectors.shape[1], -1))
-    return top_vectors.transpose(1, 2).to(sigma.dtype), top_values.to(sigma.dtype)
+    return top_vectors.transpose(1, 2), values.gather(-1, idx)
+
+
+def spectral_estimate(sigma: torch.Tensor, r: int, order: str = "magnitude") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-r eigenvectors (K, r, d) and their eigenvalues (K, r) of symmetric sigma (K, d, d),
+    ranked as in ``top_eigenpairs``."""
+    vectors, values = top_eigenpairs(*torch.linalg.eigh(sigma.double()), r, order)
+    return vectors.to(sigma.dtype), values.to(sigma.dtype)
 
 
 def spectral_cosines(chunks, loss: Callable, shift: torch.Tensor, n: int, U: torch.Tensor,
                      reduce: Callable, orders=("magnitude", "largest")) -> dict[str, torch.Tensor]:
-    """Principal cosines (K, r) of the spectral estimator with preprocessing T(y) - shift, per order.
+    """Principal cosines (K, r) of the spectral estimator with preprocessing T(y) - shift, per order
+    (one eigendecomposition for all orders).
 
     Sigmahat = (1/n) sum_i (T(y_i) - shift) x_i x_i^T (the stage-1 matrix up to sign).
     """
     sigma = label_weighted_covariance(chunks, lambda y: preprocess(loss, y) - shift.unsqueeze(-1), n, reduce)
-    return {order: principal_cosines(spectral_estimate(sigma, U.shape[1], order)[0], U) for order in orders}
+    values, vectors = torch.linalg.eigh(sigma.double())
+    return {order: principal_cosines(top_eigenpairs(values, vectors, U.shape[1], order)[0].to(U.dtype), U)
+            for order in orders}
 
 
 def mean_preprocessing(chunks, loss: Callable, n: int, reduce: Callable) -> torch.Tensor:
