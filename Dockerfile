@@ -1,19 +1,41 @@
-# mim-lightning for multi-GPU training: a CUDA-enabled PyTorch base image, the package installed the
-# way CI installs it (pip with constraints.txt, which pins torch==2.13.0: pick a base image that
-# already has it, or pip replaces the base's torch with PyPI's CUDA build of 2.13.0).
-ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+# mim-lightning in a container, for single- and multi-GPU training (Lightning DDP).
+#
+# BASE_IMAGE: any Debian or Ubuntu image whose python3 is 3.11+ and has the venv module (on a bare
+# Debian/Ubuntu: the python3 and python3-venv packages). The default is a plain Python image, not a
+# CUDA one: PyPI's torch wheel for Linux x86_64 is a CUDA build whose CUDA runtime libraries (cuBLAS,
+# cuDNN, NCCL, ...) come from PyPI as pip dependencies of torch, so `pip install` below puts the whole
+# CUDA userland into the virtual environment and the image runs on GPUs under the NVIDIA container
+# toolkit (`docker run --gpus all`), which supplies only the driver from the host. A CUDA base image
+# would add a second copy of those libraries. torch is the version constraints.txt pins (2.13.0);
+# a base image that ships another torch has it replaced in the virtual environment anyway.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-ENV PYTHONUNBUFFERED=1 \
+# A virtual environment: Debian's and Ubuntu's system Python refuse `pip install` (PEP 668).
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+RUN python3 -m venv /opt/venv
 
+# Installed the way CI installs it: pip with constraints.txt. configs/ lands in
+# /opt/mim-lightning/configs (e.g. /opt/mim-lightning/configs/quickstart.yaml).
 WORKDIR /opt/mim-lightning
 COPY pyproject.toml README.md constraints.txt ./
 COPY mim_lightning ./mim_lightning
 COPY configs ./configs
-RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt . \
+    && rm -rf build ./*.egg-info
 
+# Runs as an unprivileged user (uid 1000); `docker run --user "$(id -u):$(id -g)"` works as well and
+# makes the files in a bind-mounted /runs belong to the caller.
+RUN useradd --no-log-init --create-home --uid 1000 --user-group mim \
+    && mkdir -p /runs \
+    && chown mim:mim /runs
+USER 1000:1000
+VOLUME ["/runs"]
 WORKDIR /runs
 ENTRYPOINT ["mim"]
 CMD ["--help"]

@@ -91,11 +91,11 @@ def train(config, overrides, out, resume, accelerator, devices, strategy, num_no
     """One two-stage run. Without CONFIG it runs the built-in quickstart."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mim_lightning.checkpointing import Interrupted, StopRequest
+    from mim_lightning.training.checkpoints import Interrupted, StopRequest
     from mim_lightning.config import load_config
-    from mim_lightning.report import preflight_checks
-    from mim_lightning.runner import train as run_training
-    from mim_lightning.runner import validate
+    from mim_lightning.analysis.report import preflight_checks
+    from mim_lightning.training.run import train as run_training
+    from mim_lightning.training.run import validate
 
     quiet_lightning()
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
@@ -163,8 +163,8 @@ def write_status(out: Path, status: str, message: str = "") -> None:
 def sweep(config, overrides, out):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
-    from mim_lightning import runner  # noqa: F401 - imports lightning, which quiet_lightning tames
-    from mim_lightning.sweep import run_sweep
+    from mim_lightning.training import run as runner  # noqa: F401 - imports lightning, which quiet_lightning tames
+    from mim_lightning.experiments.sweep import run_sweep
 
     quiet_lightning()
     try:
@@ -179,7 +179,7 @@ def sweep(config, overrides, out):
 @friendly_errors
 def plugins_command(as_json):
     """Installed plugins (built-ins included) and the components each registers."""
-    from mim_lightning import plugins
+    from mim_lightning.plugins import manager as plugins
 
     infos = plugins.plugin_infos()
     for info in infos:
@@ -200,7 +200,7 @@ class BadUsage(click.ClickException):
 def usage_checked(link=None, loss=None, activation=None, r=None, default_r=2) -> int:
     """Look up the named components and validate r (default: default_r, or the link's min_r if
     larger); BadUsage names the option and lists what is available."""
-    from mim_lightning import plugins
+    from mim_lightning.plugins import manager as plugins
 
     registry = plugins.get_registry()
     min_r = 1
@@ -234,9 +234,9 @@ def check(link, loss, activation, r, as_json):
     Checks only the components given; with none, the defaults (the quickstart's link, stage-1
     loss and activation). Exit 0 when every check holds, 1 when one is violated, 2 on bad usage.
     """
-    from mim_lightning import assumptions
+    from mim_lightning.analysis import assumptions
     from mim_lightning.config import Config
-    from mim_lightning.report import jsonable, text_table, violations
+    from mim_lightning.analysis.report import jsonable, text_table, violations
 
     defaults = Config()
     if link is None and loss is None and activation is None:
@@ -271,8 +271,8 @@ def check(link, loss, activation, r, as_json):
 def theory(link, r, loss, as_json):
     """Population matrix M, its eigenvalues, the link's Hermite degree and alpha_c, the optimal
     spectral weak-recovery threshold (n = alpha_c * d samples)."""
-    from mim_lightning.report import format_theory, jsonable
-    from mim_lightning.theory import theory_report
+    from mim_lightning.analysis.report import format_theory, jsonable
+    from mim_lightning.analysis.theory import theory_report
 
     r = usage_checked(link=link, loss=loss, r=r)
     report = jsonable(theory_report(link, r, loss))

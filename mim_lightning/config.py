@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mim_lightning.errors import MimError
-from mim_lightning.registry import closest
+from mim_lightning.plugins.registry import closest
 
 
 class Section(BaseModel):

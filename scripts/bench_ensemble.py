@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mim_lightning.cli import quiet_lightning
 from mim_lightning.config import load_config
-from mim_lightning.runner import train, train_replicas
+from mim_lightning.training.run import train, train_replicas
 
 
 def seconds(fn) -> float:

@@ -20,8 +20,8 @@ import time
 import torch
 
 from mim_lightning.config import load_config
-from mim_lightning.runner import build, make_trainer
-from mim_lightning.module import Stage1Module
+from mim_lightning.training.run import build, make_trainer
+from mim_lightning.training.stages import Stage1Module
 
 
 def sync(device: str) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from mim_lightning.cli import quiet_lightning
 from mim_lightning.config import load_config
-from mim_lightning.runner import train
+from mim_lightning.training.run import train
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mim_lightning import plugins
+from mim_lightning.plugins import manager as plugins
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mim_lightning import assumptions
+from mim_lightning.analysis import assumptions
 from mim_lightning.errors import MimError
 
 KEYS = {"assumption", "component", "holds", "message"}
@@ -171,7 +171,8 @@ def test_cache_follows_the_registry():
     # The same name registered to another function (plugins changed) is not served from the cache.
     import types
 
-    from mim_lightning import hookimpl, plugins
+    from mim_lightning import hookimpl
+    from mim_lightning.plugins import manager as plugins
 
     for link, degree in [(lambda z: z[..., 0] ** 2 - 1, 2), (lambda z: z[..., 0] ** 3, 3)]:
         plugin = types.SimpleNamespace(register_links=hookimpl(lambda register: register("swap_link", link)))

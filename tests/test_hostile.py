@@ -7,7 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mim_lightning import hookimpl, plugins
+from mim_lightning import hookimpl
+from mim_lightning.plugins import manager as plugins
 from mim_lightning.cli import main
 
 from helpers import TINY
@@ -131,7 +132,7 @@ def test_broken_components(tmp_path, hostile, overrides, needles):
 
 
 def test_non_finite_labels_stop_data_generation():
-    from mim_lightning.data import make_split, random_subspace
+    from mim_lightning.core.streams import make_split, random_subspace
     from mim_lightning.errors import MimError
 
     U = random_subspace(0, 8, 2, "cpu")[None]
@@ -157,7 +158,7 @@ def test_resume_of_a_directory_without_a_run(tmp_path):
 
 
 def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
-    import mim_lightning.runner as runner
+    import mim_lightning.training.run as runner
 
     def explode(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")

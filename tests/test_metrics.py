@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mim_lightning.metrics import (
+from mim_lightning.core.measures import (
     PrincipalCosines, RelativeMSE, SubspaceMass, network_cosines, principal_cosines, subspace_mass,
     top_right_singular,
 )

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from mim_lightning import hookimpl, plugins
+from mim_lightning import hookimpl
+from mim_lightning.plugins import manager as plugins
 from mim_lightning.cli import main
 
 from helpers import TINY
@@ -95,10 +96,10 @@ def test_example_plugin_is_listed(example_plugin, monkeypatch):
     builtins = [p for p in listing.values() if p["builtin"]]
     assert {p["name"] for p in builtins} == set(plugins.DEFAULT_PLUGINS)
     assert all(p["distribution"] == "mim-lightning" and p["error"] is None for p in builtins)
-    assert "z1z2" in listing["mim_lightning.components.links"]["links"]
+    assert "z1z2" in listing["mim_lightning.plugins.builtins.links"]["links"]
     text = run("plugins").stdout
     assert "example  (mim-example-plugin 0.1.0, entry point example = mim_example_plugin)" in text
-    assert "mim_lightning.components.links  (built-in" in text
+    assert "mim_lightning.plugins.builtins.links  (built-in" in text
 
 
 def test_example_plugin_is_loaded_when_the_variable_is_unset(example_plugin, monkeypatch):
@@ -199,8 +200,8 @@ def test_duplicate_name_names_both_plugins(capsys):
 def test_duplicate_of_a_builtin_is_blamed_on_the_plugin():
     shadow = plugin("shadow", register_links=lambda register: register("z1z2", lambda z: z[..., 0]))
     registry = registry_with(shadow)
-    assert "already registered by plugin 'mim_lightning.components.links' (built-in)" in registry.plugins["shadow"].error
-    assert registry.plugins["mim_lightning.components.links"].error is None
+    assert "already registered by plugin 'mim_lightning.plugins.builtins.links' (built-in)" in registry.plugins["shadow"].error
+    assert registry.plugins["mim_lightning.plugins.builtins.links"].error is None
 
 
 def test_non_callable_is_rejected():

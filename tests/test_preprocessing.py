@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from mim_lightning.preprocessing import optimal_sum_he2_loss, preprocessed_loss, sum_he2_preprocessing
-from mim_lightning.spectral import preprocess
+from mim_lightning.core.preprocessed_losses import optimal_sum_he2_loss, preprocessed_loss, sum_he2_preprocessing
+from mim_lightning.core.spectral import preprocess
 
 
 def test_preprocessed_loss_has_the_requested_preprocessing():

@@ -2,10 +2,10 @@
 
 import torch
 
-from mim_lightning.components import losses
-from mim_lightning.data import make_split, random_subspace
-from mim_lightning.components.links import sum_he2, z1z2
-from mim_lightning.spectral import label_weighted_covariance, preprocess, spectral_cosines, spectral_estimate
+from mim_lightning.plugins.builtins import losses
+from mim_lightning.core.streams import make_split, random_subspace
+from mim_lightning.plugins.builtins.links import sum_he2, z1z2
+from mim_lightning.core.spectral import label_weighted_covariance, preprocess, spectral_cosines, spectral_estimate
 
 identity = lambda t: t  # noqa: E731
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mim_lightning import runner
-from mim_lightning import sweep as sweeps
+from mim_lightning.training import run as runner
+from mim_lightning.experiments import sweep as sweeps
 from mim_lightning.cli import main
 from mim_lightning.config import load_config
 
@@ -155,7 +155,7 @@ def test_grid_order_keys_and_overrides(tmp_path):
 
 
 def test_alpha_c_marks_the_alpha_plots(swept):
-    from mim_lightning.theory import alpha_c
+    from mim_lightning.analysis.theory import alpha_c
 
     out, _, _ = swept
     sweep = sweeps.load_sweep(out.parent / "alpha.yaml")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mim_lightning import theory
+from mim_lightning.analysis import theory
 from mim_lightning.errors import MimError
 
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from mim_lightning.data import MultiIndexDataModule, make_split, random_subspace
-from mim_lightning.components.links import z1z2
+from mim_lightning.core.streams import make_split, random_subspace
+from mim_lightning.training.data import MultiIndexDataModule
+from mim_lightning.plugins.builtins.links import z1z2
 from mim_lightning.errors import MimError
-from mim_lightning.runner import build, run_stage1, run_stage2
+from mim_lightning.training.run import build, run_stage1, run_stage2
 
 from helpers import tiny_config
 
@@ -118,7 +119,7 @@ def test_datamodule_without_trainer_is_single_process():
 
 @pytest.mark.parametrize("extra", [[], ["stage2.loss=huber", "stage2.solver=gd", "stage2.steps=15", "data.chunk_size=100"]])
 def test_batched_replicas_equal_separate_runs(tmp_path, extra):
-    from mim_lightning.runner import train, train_replicas
+    from mim_lightning.training.run import train, train_replicas
 
     cfg = tiny_config(*extra)
     together = train_replicas(cfg, tmp_path / "k", [3, 7])
@@ -154,7 +155,7 @@ def test_ablation_no_sample_splitting_reuses_d1(tmp_path):
 
 
 def test_ablation_joint_training_moves_both_layers_and_skips_stage2(tmp_path):
-    from mim_lightning.runner import train
+    from mim_lightning.training.run import train
 
     cfg = tiny_config("stage1.joint=true", "stage1.lr=0.5", "model.init_scale=0.5")
     components, dm, network = build(cfg)

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mim_lightning.hookspecs import hookimpl
+from mim_lightning.plugins.hookspecs import hookimpl
 
 
 def logcosh(u):

@@ -13,11 +13,11 @@ import lightning as L
 import torch
 
 from mim_lightning.config import Config
-from mim_lightning.data import generator
+from mim_lightning.core.streams import generator
 from mim_lightning.errors import MimError
-from mim_lightning.metrics import RelativeMSE, cosines_from_overlap, refine_subspace, subspace_mass, top_right_singular
-from mim_lightning.model import TwoLayerNetwork
-from mim_lightning.spectral import mean_preprocessing
+from mim_lightning.core.measures import RelativeMSE, cosines_from_overlap, refine_subspace, subspace_mass, top_right_singular
+from mim_lightning.core.network import TwoLayerNetwork
+from mim_lightning.core.spectral import mean_preprocessing
 
 
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from mim_lightning import theory
+from mim_lightning.analysis import theory
 from mim_lightning.errors import MimError
-from mim_lightning.theory import DTYPE, eigen_summary, loss_derivatives, memoize, resolve
+from mim_lightning.analysis.theory import DTYPE, eigen_summary, loss_derivatives, memoize, resolve
 
 LINK_RESIDUAL_TOL = 1e-6  # Assumption 1: variance fraction beyond the degree cap
 ACTIVATION_TOL = 1e-4  # Assumption 2: |sigma'(0)| and |sigma''(0) - 1|

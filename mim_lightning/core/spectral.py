@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from mim_lightning.metrics import principal_cosines
+from mim_lightning.core.measures import principal_cosines
 
 
 def preprocess(loss: Callable, y: torch.Tensor) -> torch.Tensor:

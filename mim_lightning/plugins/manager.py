@@ -23,15 +23,15 @@ from importlib import metadata
 
 import pluggy
 
-from mim_lightning import hookspecs
-from mim_lightning.registry import PluginInfo, Registry, RegistrationError
+from mim_lightning.plugins import hookspecs
+from mim_lightning.plugins.registry import PluginInfo, Registry, RegistrationError
 
 GROUP = "mim_lightning"
 ENV_VAR = "MIM_LIGHTNING_PLUGINS"
 DEFAULT_PLUGINS = (
-    "mim_lightning.components.links",
-    "mim_lightning.components.losses",
-    "mim_lightning.components.activations",
+    "mim_lightning.plugins.builtins.links",
+    "mim_lightning.plugins.builtins.losses",
+    "mim_lightning.plugins.builtins.activations",
 )
 HOOKS = {"link": "register_links", "loss": "register_losses", "activation": "register_activations"}
 
@@ -209,7 +209,7 @@ __all__ = ["pm", "get_registry", "get", "plugin_infos", "load_plugins", "reset",
 
 def format_plugins(infos: list[PluginInfo]) -> str:
     """A readable listing: one header line per plugin, then its components or its error."""
-    from mim_lightning.registry import KINDS, PLURAL
+    from mim_lightning.plugins.registry import KINDS, PLURAL
 
     lines = []
     for info in infos:

@@ -1,92 +1,20 @@
-"""Seeded Gaussian multi-index data, generated on the training device, never stored.
+"""The LightningDataModule: seeded Gaussian multi-index data, generated on the training device.
 
-x ~ N(0, I_d), U in R^{r x d} with orthonormal rows, y = g(U x) + noise * N(0, 1).
-Samples are generated in fixed blocks of ``BLOCK`` rows, each from its own seed
-(seed, split, block); rank k of W takes blocks k, k + W, ... so the union of the shards is the
-same dataset whatever the number of ranks, and the chunking of a full-batch pass (memory) never
-changes the data. Every tensor carries a leading replica dimension K (independent seeds).
+x ~ N(0, I_d), U in R^{r x d} with orthonormal rows, y = g(U x) + noise * N(0, 1), generated in
+blocks from counter-based seeds (``core.streams``); every tensor carries a leading replica
+dimension K (independent seeds).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mim_lightning.core.streams import make_split, max_local_rows, random_subspace
 from mim_lightning.errors import MimError
-
-BLOCK = 1024
-SPLITS = {"U": 0, "d1": 1, "d2": 2, "test": 3, "init": 4, "bias": 5}
-_MASK = (1 << 63) - 1
-
-
-def stream_seed(seed: int, stream: str, index: int = 0) -> int:
-    """A 63-bit seed for one random stream (seed, stream, index), by a splitmix-style mix."""
-    h = (seed + 1) * 0x9E3779B97F4A7C15 + (SPLITS[stream] + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB
-    h &= _MASK
-    h ^= h >> 31
-    return (h * 0xD6E8FEB86659FD93) & _MASK
-
-
-def generator(seed: int, stream: str, device: torch.device, index: int = 0) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(stream_seed(seed, stream, index))
-    return g
-
-
-def random_subspace(seed: int, d: int, r: int, device) -> torch.Tensor:
-    """U (r, d) with orthonormal rows, uniformly distributed (QR of a Gaussian with sign fix)."""
-    g = generator(seed, "U", device)
-    gauss = torch.randn(d, r, generator=g, device=device, dtype=torch.float64)
-    q, rr = torch.linalg.qr(gauss)
-    q = q * torch.sign(torch.diagonal(rr)).unsqueeze(0)
-    return q.T.to(torch.float32).contiguous()
-
-
-def local_blocks(n: int, rank: int, world: int) -> list[tuple[int, int]]:
-    """(block index, rows) of the blocks of an n-sample split that this rank owns."""
-    blocks = [(b, min(BLOCK, n - b * BLOCK)) for b in range(math.ceil(n / BLOCK))]
-    return blocks[rank::world]
-
-
-def max_local_rows(n: int, world: int) -> int:
-    """The largest shard over ranks (every rank iterates the same number of chunks)."""
-    return max(sum(rows for _, rows in local_blocks(n, k, world)) for k in range(world))
-
-
-def labels(link: Callable, z: torch.Tensor, link_name: str) -> torch.Tensor:
-    """g(z) for z (..., n, r), checked to be (..., n)."""
-    y = link(z)
-    if not isinstance(y, torch.Tensor) or y.shape != z.shape[:-1]:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise MimError(
-            f"link {link_name!r} returned shape {shape} for z of shape {tuple(z.shape)}; "
-            f"a link must map (..., r) to (...)"
-        )
-    return y.to(z.dtype)
-
-
-def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device):
-    """This rank's shard of a split: x (K, n_local, d), y (K, n_local)."""
-    d = U.shape[-1]
-    xs, ys = [], []
-    for k, seed in enumerate(seeds):
-        xk, yk = [], []
-        for block, rows in local_blocks(n, rank, world):
-            g = generator(seed, split, device, block)
-            x = torch.randn(rows, d, generator=g, device=device)
-            eps = torch.randn(rows, generator=g, device=device)
-            xk.append(x)
-            yk.append(labels(link, x @ U[k].T, link_name) + noise * eps)
-        xs.append(torch.cat(xk) if xk else torch.empty(0, d, device=device))
-        ys.append(torch.cat(yk) if yk else torch.empty(0, device=device))
-    x, y = torch.stack(xs), torch.stack(ys)
-    if not bool(torch.isfinite(y).all()):
-        raise MimError(f"link {link_name!r} produced non-finite labels on {split}; a link must return finite values")
-    return x, y
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -6,7 +6,7 @@ the link is not a polynomial).
 
 import torch
 
-from mim_lightning.hookspecs import hookimpl
+from mim_lightning.plugins.hookspecs import hookimpl
 
 
 def z1z2(z):

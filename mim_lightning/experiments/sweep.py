@@ -30,8 +30,8 @@ import yaml
 
 from mim_lightning.config import Config, all_keys, build_config, flatten, parse_override, read_yaml, set_dotted
 from mim_lightning.errors import MimError
-from mim_lightning.registry import closest
-from mim_lightning.theory import alpha_c
+from mim_lightning.plugins.registry import closest
+from mim_lightning.analysis.theory import alpha_c
 
 RESULTS = "results.json"
 FAILED = "failed.json"  # a run that stopped with an error (diverged, vanished): cached like a result
@@ -178,7 +178,7 @@ def _number(value) -> bool:
 def load_sweep(path: str | Path, overrides=()) -> Sweep:
     """Read and validate a sweep file: the base config, every swept value on its own, then every run
     of the grid (one-line MimErrors naming the key and value, before anything is trained)."""
-    from mim_lightning.runner import validate
+    from mim_lightning.training.run import validate
 
     tree, axes, variants = read_sweep_tree(path, overrides)
     base = build_config(tree)
@@ -232,7 +232,7 @@ def batchable(cfg: Config) -> bool:
     """Whether several seeds of this config may be trained as one batched run with the same numbers
     as separate runs: not when the stage-2 solver is lbfgs (``solver=auto`` with a non-squared
     loss included)."""
-    from mim_lightning.runner import solver_for
+    from mim_lightning.training.run import solver_for
 
     return solver_for(cfg, replicas=1) != "lbfgs"
 
@@ -337,7 +337,7 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
 
     ``checks(cfg)`` gives a run's assumption report (default: ``report.preflight_checks``, which
     warns once per combination of components and refuses under ``checks.strict``)."""
-    from mim_lightning import runner
+    from mim_lightning.training import run as runner
 
     folder = lambda run: out / "runs" / run.key  # noqa: E731
     results: dict[str, dict] = {}
@@ -370,7 +370,7 @@ def execute(sweep: Sweep, out: Path, progress: Progress | None = None,
             if checks is not None:
                 reports[which] = checks(cfg)
             else:
-                from mim_lightning.report import preflight_checks
+                from mim_lightning.analysis.report import preflight_checks
 
                 reports[which] = preflight_checks(cfg, warn=rank_zero())
         return reports[which]
@@ -517,7 +517,7 @@ def default_out(path: str | Path) -> Path:
 def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
-    from mim_lightning.plots import plot_sweep
+    from mim_lightning.experiments.plots import plot_sweep
 
     sweep = load_sweep(path, overrides)
     out = Path(out) if out is not None else default_out(path)

@@ -113,9 +113,9 @@ def preflight_checks(cfg, warn: bool = True) -> list[dict]:
     ``checks.strict`` a violation is a MimError naming the violated assumptions."""
     import sys
 
-    from mim_lightning.assumptions import check_components
+    from mim_lightning.analysis.assumptions import check_components
     from mim_lightning.errors import MimError
-    from mim_lightning.runner import resolve_components, solver_for
+    from mim_lightning.training.run import resolve_components, solver_for
 
     resolve_components(cfg)  # unknown names, too small an r, an impossible solver: errors that
     solver_for(cfg)  # name the config key, before any warning

@@ -29,7 +29,7 @@ import torch
 from numpy.polynomial.hermite_e import hermegauss
 
 from mim_lightning.errors import MimError
-from mim_lightning.plugins import get_registry
+from mim_lightning.plugins.manager import get_registry
 
 DTYPE = torch.float64
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mim_lightning.data import generator
+from mim_lightning.core.streams import generator
 
 
 class TwoLayerNetwork(nn.Module):

@@ -12,17 +12,17 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mim_lightning import plugins
-from mim_lightning.checkpointing import CHECKPOINT, StepCheckpoint, StopRequest
+from mim_lightning.plugins import manager as plugins
+from mim_lightning.training.checkpoints import CHECKPOINT, StepCheckpoint, StopRequest
 from mim_lightning.config import Config, flatten
-from mim_lightning.data import MultiIndexDataModule
+from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.errors import MimError
-from mim_lightning.metrics import direction_mass
-from mim_lightning.model import TwoLayerNetwork
-from mim_lightning.probe import probe_components
-from mim_lightning.module import Stage1Module, Stage2Module
-from mim_lightning.spectral import spectral_cosines
-from mim_lightning.theory import population_matrix
+from mim_lightning.core.measures import direction_mass
+from mim_lightning.core.network import TwoLayerNetwork
+from mim_lightning.plugins.validate import probe_components
+from mim_lightning.training.stages import Stage1Module, Stage2Module
+from mim_lightning.core.spectral import spectral_cosines
+from mim_lightning.analysis.theory import population_matrix
 
 
 @dataclass
@@ -152,7 +152,7 @@ def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: Ste
 def log_assumptions(logger, assumptions: list[dict]) -> None:
     """The assumption report as a Markdown table in TensorBoard's TEXT tab (rank zero only:
     elsewhere ``logger.experiment`` is a no-op stand-in)."""
-    from mim_lightning.report import markdown_table
+    from mim_lightning.analysis.report import markdown_table
 
     experiment = getattr(logger, "experiment", None)
     if experiment is not None and hasattr(experiment, "add_text"):

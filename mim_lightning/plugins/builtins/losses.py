@@ -9,8 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mim_lightning.hookspecs import hookimpl
-from mim_lightning.preprocessing import optimal_sum_he2_loss
+from mim_lightning.plugins.hookspecs import hookimpl
+from mim_lightning.core.preprocessed_losses import optimal_sum_he2_loss
 
 
 def squared(t, y):
@@ -47,7 +47,7 @@ def even_tanh_sq(t, y):
 @hookimpl
 def register_losses(register):
     """Also the optimal preprocessed losses of sum_he2 on r = 1..4 coordinates (he2 is r = 1),
-    T(y) = y / (y + r sqrt(2)), tuned for alpha = 2 alpha_c (``mim_lightning.preprocessing``)."""
+    T(y) = y / (y + r sqrt(2)), tuned for alpha = 2 alpha_c (``mim_lightning.core.preprocessed_losses``)."""
     register("squared", squared)
     register("huber", huber)
     register("pseudo_huber", pseudo_huber)

@@ -59,7 +59,7 @@ def plot_sweep(sweep, rows: list[dict], out: Path, thresholds=None) -> list[Path
     """Write one PNG per metric into ``out``; returns their paths ([] when only seed is swept).
 
     ``thresholds``: {(link, r): alpha_c}, drawn as vertical lines when the x key is data.alpha."""
-    from mim_lightning.sweep import grouped
+    from mim_lightning.experiments.sweep import grouped
 
     x_key = sweep.x_key
     if x_key is None:

@@ -1,0 +1,1 @@
+"""Experiments: sweeps (grids of runs), their tables and plots."""

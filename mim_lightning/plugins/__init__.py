@@ -1,0 +1,1 @@
+"""Plugins: hook specifications, the plugin manager, typed registries, built-ins and validation."""
