@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import shutil
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import click
-import yaml
 
 from mim_lightning.errors import MimError
 
@@ -89,70 +89,68 @@ def summary(results: dict) -> str:
 @friendly_errors
 def train(config, overrides, out, resume, accelerator, devices, strategy, num_nodes):
     """One two-stage run. Without CONFIG it runs the built-in quickstart."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from mim_lightning.training.checkpoints import Interrupted, StopRequest
     from mim_lightning.config import load_config
-    from mim_lightning.analysis.report import preflight_checks
-    from mim_lightning.training.run import train as run_training
-    from mim_lightning.training.run import validate
+    from mim_lightning.training.run_folder import RunFolder
 
-    quiet_lightning()
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
              "trainer.strategy": strategy, "trainer.num_nodes": num_nodes}
     overrides = list(overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     if resume is not None:
-        if config is not None or (out is not None and Path(out) != Path(resume)):
-            raise MimError("--resume DIR continues the run in DIR with its own config.yaml: give no CONFIG and no other --out")
-        out = Path(resume)
-        cfg = load_config(out / "config.yaml", overrides)
+        if config is not None or overrides or (out is not None and Path(out) != Path(resume)):
+            raise MimError("--resume DIR runs exactly the interrupted run in DIR (its config.yaml): "
+                           "give no CONFIG, no --set, no trainer flags and no other --out")
+        folder = RunFolder(resume)
+        if folder.status().get("status") == "finished" and folder.results() is not None:
+            click.echo(f"the run in {quoted(folder.path)} is complete (results.json); nothing to resume")
+            return
+        cfg = load_config(folder.path / "config.yaml")
     else:
-        out = Path(out or "runs/latest")
+        folder = RunFolder(out or "runs/latest")
         cfg = load_config(config, overrides)
-    validate(cfg)
+    run_in_folder(cfg, folder, resume=resume is not None)
+
+
+def run_in_folder(cfg, folder, resume: bool) -> None:
+    """Plan, lock the folder, train, and record the outcome in it (rank zero writes)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from mim_lightning.training.checkpoints import Interrupted, StopRequest
+    from mim_lightning.training.run import plan_run, train_replicas
+
+    quiet_lightning()
     is_zero = rank_zero_only.rank == 0
-    if is_zero:
-        start_run_directory(out, cfg, fresh=resume is None)
-    stop = StopRequest()
-    stop.install()
-    try:
-        assumptions = preflight_checks(cfg, warn=is_zero)  # warnings; with checks.strict, refusal
-        results = run_training(cfg, out, assumptions=assumptions, resume=resume is not None, stop=stop)
-    except Interrupted as exc:
+    plan = plan_run(cfg, warn=is_zero)  # warnings; with checks.strict, refusal
+    lock = folder.locked() if is_zero else contextlib.nullcontext()
+    with lock, StopRequest() as stop:
         if is_zero:
-            write_status(out, "interrupted", str(exc))
-        click.echo(f"{exc}. Resume with: mim train --resume {out}", err=True)
-        sys.exit(130 if exc.signal_name == "SIGINT" else 143)
-    except Exception as exc:
+            folder.start(cfg.model_dump(), fresh=not resume)
+        try:
+            results = train_replicas(cfg, folder.path, [cfg.seed], plan.assumptions, resume, stop, plan)[0]
+        except Interrupted as exc:
+            if is_zero:
+                folder.set_status("interrupted", str(exc))
+            click.echo(f"{exc}. Resume with: mim train --resume {quoted(folder.path)}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            name = stop.signal_name or "SIGINT"
+            if is_zero:
+                folder.set_status("interrupted", f"stopped at once by a second signal ({name})")
+            click.echo(f"stopped at once by a second signal. Resume with: mim train --resume {quoted(folder.path)}", err=True)
+            sys.exit(143 if name == "SIGTERM" else 130)
+        except BaseException as exc:
+            if is_zero:
+                folder.set_status("failed", str(exc) if isinstance(exc, MimError) else unexpected(exc))
+            raise
         if is_zero:
-            write_status(out, "failed", str(exc) if isinstance(exc, MimError) else unexpected(exc))
-        raise
-    finally:
-        stop.uninstall()
+            folder.finish(results)
     if is_zero:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        write_status(out, "finished")
         click.echo(summary(results))
-        click.echo(f"wrote {out / 'results.json'}; TensorBoard: tensorboard --logdir {out}")
+        click.echo(f"wrote {quoted(folder.path / 'results.json')}; TensorBoard: tensorboard --logdir {quoted(folder.path)}")
 
 
-def start_run_directory(out: Path, cfg, fresh: bool) -> None:
-    """Create OUT with the resolved config.yaml and status 'running'; a fresh run first removes
-    what a previous run left there (results, TensorBoard files, checkpoints)."""
-    if fresh:
-        for stale in ("results.json", "status.json"):
-            (out / stale).unlink(missing_ok=True)
-        for folder in ("tensorboard", "checkpoints"):
-            shutil.rmtree(out / folder, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    write_status(out, "running")
-
-
-def write_status(out: Path, status: str, message: str = "") -> None:
-    """OUT/status.json: running, finished, failed (with the error) or interrupted."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "status.json").write_text(json.dumps({"status": status, "message": message}, indent=2))
+def quoted(path) -> str:
+    """A path as the shell reads it back (quoted when it holds spaces or other specials)."""
+    return shlex.quote(str(path))
 
 
 @main.command()

@@ -66,7 +66,7 @@ def test_ridge_solves_the_normal_equations():
     cfg = tiny_config("stage2.ridge=0.01", "data.chunk_size=90")
     components, dm, network = build(cfg)
     run_stage1(cfg, components, dm, network)
-    stage2 = run_stage2(cfg, components, dm, network, [cfg.seed])
+    stage2, test_rel_mse = run_stage2(cfg, components, dm, network, [cfg.seed])
     x, y = dm.tensors["d2"]
     phi = network.features(x)[0].double()
     n, m = phi.shape
@@ -76,8 +76,8 @@ def test_ridge_solves_the_normal_equations():
     xt, yt = dm.tensors["test"]
     pred = network(xt)[0].double()
     rel = ((pred - yt[0]) ** 2).mean() / yt[0].double().var(unbiased=False)
-    assert stage2.test_rel_mse[0].item() == pytest.approx(rel.item(), rel=1e-4)
-    assert f.shape == (n,)
+    assert test_rel_mse[0].item() == pytest.approx(rel.item(), rel=1e-4)
+    assert stage2.last_loss[0].item() == pytest.approx((0.5 * (f - y[0]).square().mean() + 0.01 * want.square().sum()).item(), rel=1e-4)
 
 
 def test_lbfgs_reaches_the_ridge_solution_for_squared_loss():
@@ -86,16 +86,17 @@ def test_lbfgs_reaches_the_ridge_solution_for_squared_loss():
         cfg = tiny_config("stage2.ridge=0.01", f"stage2.solver={solver}", "stage2.steps=200")
         components, dm, network = build(cfg)
         run_stage1(cfg, components, dm, network)
-        stage2 = run_stage2(cfg, components, dm, network, [cfg.seed])
+        stage2, test_rel_mse = run_stage2(cfg, components, dm, network, [cfg.seed])
         solutions.append(stage2.last_loss.item())
     assert solutions[1] == pytest.approx(solutions[0], rel=1e-3)
 
 
-def test_divergence_names_the_stage_step_and_knob():
+def test_divergence_names_the_stage_step_and_knob(tmp_path):
+    from mim_lightning.training.run import train
+
     cfg = tiny_config("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1", "stage1.steps=40")
-    components, dm, network = build(cfg)
-    with pytest.raises(MimError, match=r"stage 1 diverged at step \d+.*stage1.lr"):
-        run_stage1(cfg, components, dm, network)
+    with pytest.raises(MimError, match=r"stage 1 diverged by step \d+.*stage1.lr"):
+        train(cfg, tmp_path)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers():
@@ -123,7 +124,7 @@ def test_batched_replicas_equal_separate_runs(tmp_path, extra):
 
     cfg = tiny_config(*extra)
     together = train_replicas(cfg, tmp_path / "k", [3, 7])
-    for seed, batched in zip([3, 7], together):
+    for seed, batched in zip([3, 7], together, strict=True):
         alone = train(cfg.model_copy(update={"seed": seed}), tmp_path / f"s{seed}")
         for key in ("principal_cosines", "spectral_principal_cosines", "subspace_mass", "test_rel_mse", "stage2_loss"):
             assert batched[key] == pytest.approx(alone[key], abs=1e-5), key
@@ -134,15 +135,15 @@ def test_batched_replicas_equal_separate_runs(tmp_path, extra):
         assert batched["config"]["seed"] == seed
 
 
-def test_tracked_subspace_follows_the_exact_one():
+def test_tracked_subspace_follows_the_exact_one(tmp_path):
     """The cheap tracked estimate of W's top-r subspace agrees with the eigensolver along a run."""
+    from mim_lightning.training.run import train
+
     histories = []
     for mode in ("exact", "tracked"):
         cfg = tiny_config("data.d=64", "data.alpha=16", "model.width=64", "stage1.steps=12", "data.link=z1z2",
                           f"metrics.subspace={mode}")
-        components, dm, network = build(cfg)
-        stage1, _ = run_stage1(cfg, components, dm, network)
-        histories.append(stage1.history)
+        histories.append(train(cfg, tmp_path / mode)["history"])
     for exact, tracked in zip(*histories, strict=True):
         assert tracked["principal_cosines"][0] == pytest.approx(exact["principal_cosines"][0], abs=1e-3)
 

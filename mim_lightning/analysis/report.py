@@ -105,27 +105,3 @@ def format_theory(report: dict) -> str:
         f"  ({report['alpha_c_method']})",
     ]
     return "\n".join(rows)
-
-
-def preflight_checks(cfg, warn: bool = True) -> list[dict]:
-    """The assumption checks of a run's components (link, stage-1 loss, activation, r), before
-    training: each violation as a one-line warning on stderr (when ``warn``); with
-    ``checks.strict`` a violation is a MimError naming the violated assumptions."""
-    import sys
-
-    from mim_lightning.analysis.assumptions import check_components
-    from mim_lightning.errors import MimError
-    from mim_lightning.training.run import resolve_components, solver_for
-
-    resolve_components(cfg)  # unknown names, too small an r, an impossible solver: errors that
-    solver_for(cfg)  # name the config key, before any warning
-    checks = jsonable(check_components(cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r))
-    bad = violations(checks)
-    if warn:
-        for check in bad:
-            sys.stderr.write(f"Warning: {warning_line(check)}\n")
-    if bad and cfg.checks.strict:
-        which = ", ".join(f"{c['assumption']} ({c['component']})" for c in bad)
-        raise MimError(f"checks.strict: refusing to train, assumption(s) {which} violated;"
-                       " set checks.strict=false to train anyway")
-    return checks

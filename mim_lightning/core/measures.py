@@ -1,13 +1,12 @@
 """Measures of SCIENCE.md section 7, batched over a leading replica dimension K.
 
-Functional forms (used in the stage-1 hot path) and torchmetrics ``Metric`` wrappers (used for
-final evaluation, correct under DDP through ``dist_reduce_fx``).
+Plain functions of tensors (the stage-1 hot path calls them); the test metric, which must be right
+under DDP, is a torchmetrics ``Metric`` in ``training.metrics``.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
 
 
 def frobenius(W: torch.Tensor) -> torch.Tensor:
@@ -82,64 +81,3 @@ def principal_cosines(Q: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     Q, U (K, r, d) with orthonormal rows: the singular values of Q U^T.
     """
     return cosines_from_overlap(torch.bmm(Q, U.transpose(1, 2)))
-
-
-def network_cosines(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Principal cosines between the top-r right singular subspace of W and span(U): (K, r)."""
-    return principal_cosines(top_right_singular(W, U.shape[1]), U)
-
-
-class SubspaceMass(Metric):
-    """Fraction of first-layer weight inside span U, per replica (identical on every rank)."""
-
-    full_state_update = False
-
-    def __init__(self, replicas: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros(replicas), dist_reduce_fx="mean")
-
-    def update(self, W: torch.Tensor, U: torch.Tensor) -> None:
-        self.total = subspace_mass(W, U)
-
-    def compute(self) -> torch.Tensor:
-        return self.total
-
-
-class PrincipalCosines(Metric):
-    """Principal cosines (K, r) between the top-r right singular subspace of W and span U."""
-
-    full_state_update = False
-
-    def __init__(self, replicas: int = 1, r: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("cosines", torch.zeros(replicas, r), dist_reduce_fx="mean")
-
-    def update(self, W: torch.Tensor, U: torch.Tensor) -> None:
-        self.cosines = network_cosines(W, U)
-
-    def compute(self) -> torch.Tensor:
-        return self.cosines
-
-
-class RelativeMSE(Metric):
-    """mean((f - y)^2) / Var(y) per replica, accumulated over chunks and ranks (sums of moments)."""
-
-    full_state_update = False
-
-    def __init__(self, replicas: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        for name in ("sq_error", "y_sum", "y_sq_sum", "count"):
-            self.add_state(name, torch.zeros(replicas, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        """prediction, target: (K, n)."""
-        prediction, target = prediction.double(), target.double()
-        self.sq_error += (prediction - target).square().sum(-1)
-        self.y_sum += target.sum(-1)
-        self.y_sq_sum += target.square().sum(-1)
-        self.count += target.shape[-1]
-
-    def compute(self) -> torch.Tensor:
-        mean = self.y_sum / self.count
-        variance = self.y_sq_sum / self.count - mean.square()
-        return (self.sq_error / self.count) / variance

@@ -67,8 +67,9 @@ def labels(link: Callable, z: torch.Tensor, link_name: str) -> torch.Tensor:
     return y.to(z.dtype)
 
 
-def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device):
-    """This rank's shard of a split: x (K, n_local, d), y (K, n_local)."""
+def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device, poll=None):
+    """This rank's shard of a split: x (K, n_local, d), y (K, n_local); ``poll()``, if given, runs
+    after every block."""
     d = U.shape[-1]
     xs, ys = [], []
     for k, seed in enumerate(seeds):
@@ -79,6 +80,8 @@ def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device):
             eps = torch.randn(rows, generator=g, device=device)
             xk.append(x)
             yk.append(labels(link, x @ U[k].T, link_name) + noise * eps)
+            if poll is not None:
+                poll()
         xs.append(torch.cat(xk) if xk else torch.empty(0, d, device=device))
         ys.append(torch.cat(yk) if yk else torch.empty(0, device=device))
     x, y = torch.stack(xs), torch.stack(ys)

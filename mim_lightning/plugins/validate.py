@@ -8,9 +8,13 @@ the component and what went wrong.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from mim_lightning.errors import MimError
+from mim_lightning.plugins.manager import get_registry
 
 PROBE_SHAPE = (2, 16)
 
@@ -66,9 +70,33 @@ def probe_activation(name: str, fn) -> None:
     _check_gradient("model.activation", name, out, u, "u")
 
 
-def probe_components(cfg, components) -> None:
-    """Probe the link, both losses and the activation of a run."""
+@dataclass(frozen=True)
+class RunComponents:
+    """The functions a run uses, looked up once."""
+
+    link: Callable
+    stage1_loss: Callable
+    stage2_loss: Callable
+    activation: Callable
+
+
+def resolve_run_components(cfg) -> RunComponents:
+    """Look up a run's components by their config keys (errors name the key and list what is
+    available), check the link's ``min_r`` against data.r, and probe each one once."""
+    registry = get_registry()
+    found = {}
+    for key, kind, name in [("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
+                            ("stage2.loss", "loss", cfg.stage2.loss), ("model.activation", "activation", cfg.model.activation)]:
+        try:
+            found[key] = registry.get(kind, name)
+        except MimError as exc:
+            raise MimError(f"{key}: {exc}") from None
+    min_r = found["data.link"].metadata.get("min_r", 1)
+    if cfg.data.r < min_r:
+        raise MimError(f"data.r = {cfg.data.r} is too small for link {cfg.data.link!r}, which needs r >= {min_r}")
+    components = RunComponents(*(c.fn for c in found.values()))
     probe_link(cfg.data.link, components.link, cfg.data.r)
     probe_loss("stage1.loss", cfg.stage1.loss, components.stage1_loss)
     probe_loss("stage2.loss", cfg.stage2.loss, components.stage2_loss)
     probe_activation(cfg.model.activation, components.activation)
+    return components

@@ -11,7 +11,6 @@ import math
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from mim_lightning.core.streams import make_split, max_local_rows, random_subspace
 from mim_lightning.errors import MimError
@@ -53,18 +52,15 @@ class MultiIndexDataModule(L.LightningDataModule):
         self.seeds, self.d, self.r = list(seeds), d, r
         self.link, self.link_name, self.noise = link, link_name, noise
         self.sizes, self.chunk_size, self.split_samples = dict(sizes), chunk_size, split_samples
-        self.split = "d1"
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.U = None
         self.world = 1
 
-    def setup(self, stage=None):
+    def place(self, device: torch.device, rank: int = 0, world: int = 1, poll=None) -> None:
+        """Generate this rank's shards on ``device`` (once); ``poll()`` runs between blocks (a stop
+        request raises there, so a slow link cannot hold a signal back)."""
         if self.tensors:
             return
-        if self.trainer is not None:
-            device, rank, world = self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
-        else:
-            device, rank, world = torch.device("cpu"), 0, 1
         self.world = world
         rows = sum(max_local_rows(n, world) for split, n in self.sizes.items() if self.split_samples or split != "d2")
         check_memory(4 * len(self.seeds) * rows * (self.d + 1), device)
@@ -74,8 +70,12 @@ class MultiIndexDataModule(L.LightningDataModule):
                 self.tensors["d2"] = self.tensors["d1"]
                 continue
             self.tensors[split] = make_split(
-                self.seeds, split, n, self.U, self.link, self.link_name, self.noise, rank, world, device
+                self.seeds, split, n, self.U, self.link, self.link_name, self.noise, rank, world, device, poll
             )
+
+    def setup(self, stage=None):
+        """Lightning's hook: on the CPU, one process (``place`` is the way in under Fabric)."""
+        self.place(torch.device("cpu"))
 
     def n(self, split: str) -> int:
         """Global number of samples in a split (all ranks together)."""
@@ -88,9 +88,3 @@ class MultiIndexDataModule(L.LightningDataModule):
         size = self.chunk_size or rows
         count = max(1, math.ceil(rows / size))
         return [(x[:, i * size:(i + 1) * size], y[:, i * size:(i + 1) * size]) for i in range(count)]
-
-    def train_dataloader(self):
-        return DataLoader(self.chunks(self.split), batch_size=None, shuffle=False)
-
-    def test_dataloader(self):
-        return DataLoader(self.chunks("test"), batch_size=None, shuffle=False)

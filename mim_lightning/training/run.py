@@ -1,58 +1,57 @@
-"""One two-stage run: config -> components -> data + modules -> Lightning Trainers -> results."""
+"""One two-stage run (K replicas at once): plan -> data + network -> stage 1 -> spectral baseline ->
+stage 2 -> test -> results, on one Fabric.
+
+``plan_run`` looks up, probes and checks the run's components once; ``train_replicas`` trains K
+independent runs (one per seed) as batched matrix products, each with the numbers of its separate
+run, keeping ``OUT/checkpoints/last.ckpt`` fresh so that ``resume`` ends with the same numbers as
+an uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.fabric.loggers import TensorBoardLogger
 
-from mim_lightning.plugins import manager as plugins
-from mim_lightning.training.checkpoints import CHECKPOINT, StepCheckpoint, StopRequest
+from mim_lightning.analysis.assumptions import check_components
+from mim_lightning.analysis.report import jsonable, markdown_table, violations, warning_line
+from mim_lightning.analysis.theory import population_matrix
 from mim_lightning.config import Config, flatten
-from mim_lightning.training.data import MultiIndexDataModule
-from mim_lightning.errors import MimError
 from mim_lightning.core.measures import direction_mass
 from mim_lightning.core.network import TwoLayerNetwork
-from mim_lightning.plugins.validate import probe_components
+from mim_lightning.core.spectral import mean_preprocessing, spectral_cosines
+from mim_lightning.errors import MimError
+from mim_lightning.plugins.validate import RunComponents, resolve_run_components
+from mim_lightning.training.callbacks import DivergenceGuard, Stage1History, StepCheckpoint
+from mim_lightning.training.checkpoints import CHECKPOINT, StopRequest, load_checkpoint
+from mim_lightning.training.data import MultiIndexDataModule
+from mim_lightning.training.loop import fit_stage, make_fabric
+from mim_lightning.training.metrics import RelativeMSE
+from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
-from mim_lightning.core.spectral import spectral_cosines
-from mim_lightning.analysis.theory import population_matrix
+
+SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
 
 
 @dataclass
-class Components:
-    link: object
-    stage1_loss: object
-    stage2_loss: object
-    activation: object
+class RunPlan:
+    """A run's components (looked up and probed once), its stage-2 solver and assumption report."""
 
-
-def resolve_components(cfg: Config) -> Components:
-    """Look up every component of a run (errors name the key and list what is available)."""
-    registry = plugins.get_registry()
-    found = {}
-    for key, kind, name in [("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
-                            ("stage2.loss", "loss", cfg.stage2.loss), ("model.activation", "activation", cfg.model.activation)]:
-        try:
-            found[key] = registry.get(kind, name)
-        except MimError as exc:
-            raise MimError(f"{key}: {exc}") from None
-    min_r = found["data.link"].metadata.get("min_r", 1)
-    if cfg.data.r < min_r:
-        raise MimError(f"data.r = {cfg.data.r} is too small for link {cfg.data.link!r}, which needs r >= {min_r}")
-    return Components(*(c.fn for c in found.values()))
+    components: RunComponents
+    solver: str
+    assumptions: list[dict] = field(default_factory=list)
 
 
 def solver_for(cfg: Config, replicas: int = 1) -> str:
     """The stage-2 solver: 'auto' is ridge for squared loss, else lbfgs, whatever the number of
     replicas (so a config means the same numbers batched or alone); ridge needs squared loss, and
-    lbfgs, whose line of search would couple batched replicas, needs K = 1."""
+    lbfgs, whose curvature pairs and step come from the objective summed over replicas (it would
+    couple batched replicas), needs K = 1."""
     solver = cfg.stage2.solver
     if solver == "auto":
         solver = "ridge" if cfg.stage2.loss == "squared" else "lbfgs"
@@ -63,68 +62,36 @@ def solver_for(cfg: Config, replicas: int = 1) -> str:
     return solver
 
 
-def make_trainer(cfg: Config, max_epochs: int, logger, callbacks=()) -> L.Trainer:
-    """A Trainer for one stage (one epoch = one full-batch step); bad trainer.* values -> MimError."""
-    t = cfg.trainer
-    torch.set_float32_matmul_precision(t.matmul_precision)
-    try:
-        return L.Trainer(
-            accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-            precision=t.precision, max_epochs=max_epochs, logger=logger, callbacks=list(callbacks),
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        )
-    except (MisconfigurationException, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MimError(f"trainer settings (accelerator={t.accelerator!r}, devices={t.devices!r}, "
-                       f"strategy={t.strategy!r}, precision={t.precision!r}): {first}") from None
+def plan_run(cfg: Config, check: bool = True, warn: bool = False) -> RunPlan:
+    """Everything checkable before compute: component names, the components on probe inputs, the
+    solver, the trainer settings, and (``check``) the assumption checks of the link, stage-1 loss
+    and activation: each violation a one-line warning on stderr (``warn``), and with
+    ``checks.strict`` a MimError."""
+    components = resolve_run_components(cfg)
+    plan = RunPlan(components, solver_for(cfg))
+    make_fabric(cfg)
+    if check:
+        plan.assumptions = jsonable(check_components(components.link, components.stage1_loss,
+                                                     components.activation, cfg.data.r))
+        bad = violations(plan.assumptions)
+        if warn:
+            for check_ in bad:
+                sys.stderr.write(f"Warning: {warning_line(check_)}\n")
+        if bad and cfg.checks.strict:
+            which = ", ".join(f"{c['assumption']} ({c['component']})" for c in bad)
+            raise MimError(f"checks.strict: refusing to train, assumption(s) {which} violated;"
+                           " set checks.strict=false to train anyway")
+    return plan
 
 
 def validate(cfg: Config) -> None:
-    """Everything about a run that can be checked in milliseconds, before any output or compute:
-    component names, the components themselves on probe inputs, the solver, the trainer settings."""
-    probe_components(cfg, resolve_components(cfg))
-    solver_for(cfg)
-    make_trainer(cfg, 1, None)
-
-
-def build(cfg: Config, seeds=None) -> tuple[Components, MultiIndexDataModule, TwoLayerNetwork]:
-    """The run's components (probed on small inputs), its data module and its freshly initialised network."""
-    components = resolve_components(cfg)
-    probe_components(cfg, components)
-    seeds = [cfg.seed] if seeds is None else list(seeds)
-    dm = MultiIndexDataModule(
-        seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
-        {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size, cfg.data.split_samples,
-    )
-    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale,
-                              signs=cfg.model.signs)
-    return components, dm, network
-
-
-def run_stage1(cfg, components, dm, network, logger=None, checkpoint: StepCheckpoint | None = None,
-               ckpt_path=None) -> tuple[Stage1Module, dict]:
-    """Stage 1 on D1 (resumed from ``ckpt_path`` if given), then the spectral baseline on the same
-    D1: (module, {order: cosines (K, r)})."""
-    stage1 = Stage1Module(network, components.stage1_loss, cfg)
-    trainer = make_trainer(cfg, cfg.stage1.steps, logger, [checkpoint] if checkpoint else [])
-    dm.split = "d1"
-    trainer.fit(stage1, datamodule=dm, ckpt_path=ckpt_path)
-    if checkpoint is not None:
-        checkpoint.raise_if_stopped()
-    reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-    shift = stage1.shift.to(trainer.strategy.root_device)
-    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce,
-                                orders=("magnitude", "largest", "smallest"))
-    return stage1, spectral
-
-
-SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
+    """``plan_run`` without the assumption checks (milliseconds): for sweeps, before any run."""
+    plan_run(cfg, check=False)
 
 
 def eigen_direction_mass(cfg: Config, W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """Weight of W along each eigenvector of M = E[loss'(0, y)(z z^T - I)] (stage-1 loss), ordered
-    by |eigenvalue| descending: (K, r). M comes from ``theory.population_matrix`` (cached)."""
+    by |eigenvalue| descending: (K, r). M comes from ``population_matrix`` (cached)."""
     M, _ = population_matrix(cfg.data.link, cfg.stage1.loss, cfg.data.r)
     values, vectors = np.linalg.eigh(0.5 * (M + M.T))
     vectors = vectors[:, np.argsort(-np.abs(values), kind="stable")]
@@ -132,91 +99,144 @@ def eigen_direction_mass(cfg: Config, W: torch.Tensor, U: torch.Tensor) -> torch
     return direction_mass(W.detach(), basis)
 
 
-def run_stage2(cfg, components, dm, network, seeds, logger=None, checkpoint: StepCheckpoint | None = None,
-               ckpt_path=None, stage1_outputs=None) -> Stage2Module:
-    """Stage 2 on D2 (resumed from ``ckpt_path`` if given) and the test evaluation
-    (``module.test_rel_mse``, (K,)). ``stage1_outputs`` ride along in its checkpoints."""
+def _reducer(fabric):
+    """Sum over ranks (identity in one process)."""
+    return (lambda t: fabric.all_reduce(t, reduce_op="sum")) if fabric.world_size > 1 else (lambda t: t)
+
+
+def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabric=None, poll=None):
+    """The run's components (looked up and probed unless given), its data placed on the Fabric's
+    device and this rank's shard, and its freshly initialised network there."""
+    seeds = [cfg.seed] if seeds is None else list(seeds)
+    components = components or resolve_run_components(cfg)
+    fabric = fabric or make_fabric(cfg)
+    dm = MultiIndexDataModule(seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
+                              {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
+                              cfg.data.split_samples)
+    dm.place(fabric.device, fabric.global_rank, fabric.world_size, poll)
+    network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale,
+                              signs=cfg.model.signs).to(fabric.device)
+    return components, dm, network
+
+
+def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None):
+    """Stage 1 on D1 (from a stage-1 checkpoint ``state`` if given), then the spectral baseline on the
+    same D1 and preprocessing: (shift (K,), {order: principal cosines (K, r)})."""
+    fabric = fabric or make_fabric(cfg)
+    reduce = _reducer(fabric)
+    if state is not None:
+        shift = state["shift"].to(fabric.device)
+    elif cfg.stage1.center:
+        shift = mean_preprocessing(dm.chunks("d1"), components.stage1_loss, dm.n("d1"), reduce)
+    else:
+        shift = torch.zeros(len(dm.seeds), device=fabric.device)
+    stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift)
+    stage1.U = dm.U
+    fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
+              cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
+    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce,
+                                orders=("magnitude", "largest", "smallest"))
+    return shift, spectral
+
+
+def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None):
+    """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given) and the test pass:
+    (the stage-2 module, test relative MSE (K,))."""
+    fabric = fabric or make_fabric(cfg)
     solver = solver_for(cfg, replicas=len(seeds))
-    stage2 = Stage2Module(network, components.stage2_loss, cfg, solver, seeds)
-    stage2.stage1_outputs = stage1_outputs or {}
-    trainer = make_trainer(cfg, 1 if solver == "ridge" else cfg.stage2.steps, logger, [checkpoint] if checkpoint else [])
-    dm.split = "d2"
+    stage2 = Stage2Module(network, components.stage2_loss, cfg, dm.n("d2"), fabric.world_size, _reducer(fabric),
+                          solver, seeds)
     if not cfg.stage1.joint:  # the joint ablation trained both layers in stage 1: test it as it is
-        trainer.fit(stage2, datamodule=dm, ckpt_path=ckpt_path)
-        if checkpoint is not None:
-            checkpoint.raise_if_stopped()
-    trainer.test(stage2, datamodule=dm, verbose=False)
-    return stage2
+        if state is None:
+            stage2.prepare_network()
+        if solver == "gd":
+            stage2.scale_step_size(dm.chunks("d2"))
+        fit_stage(fabric, stage2, lambda: dm.chunks("d2"), "stage2", 1 if state is None else state["step"] + 1,
+                  1 if solver == "ridge" else cfg.stage2.steps, None if solver == "ridge" else stage2.configure_optimizers(),
+                  None if state is None else state["optimizer"])
+    metric = RelativeMSE(replicas=len(seeds)).to(fabric.device)
+    with torch.no_grad(), fabric.autocast():
+        for x, y in dm.chunks("test"):
+            metric.update(network(x), y)
+    return stage2, metric.compute().reshape(-1)  # torchmetrics squeezes K = 1
 
 
-def log_assumptions(logger, assumptions: list[dict]) -> None:
-    """The assumption report as a Markdown table in TensorBoard's TEXT tab (rank zero only:
-    elsewhere ``logger.experiment`` is a no-op stand-in)."""
-    from mim_lightning.analysis.report import markdown_table
-
-    experiment = getattr(logger, "experiment", None)
-    if experiment is not None and hasattr(experiment, "add_text"):
-        experiment.add_text("assumptions", markdown_table(assumptions), global_step=0)
+def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: StopRequest | None = None,
+          plan: RunPlan | None = None) -> dict:
+    """One run: ``train_replicas`` with the config's seed."""
+    return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop, plan)[0]
 
 
-def read_checkpoint_stage(out: Path) -> tuple[Path, dict]:
-    """The checkpoint of an interrupted run in ``out`` and its mim state (which stage, history)."""
-    path = out / CHECKPOINT
-    if not path.is_file():
-        raise MimError(f"cannot resume {str(out)!r}: no checkpoint at {str(path)!r} (was the run started with --out {out}?)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["mim"]
-    except Exception as exc:  # a file that is not a checkpoint of ours
-        raise MimError(f"cannot resume {str(out)!r}: {str(path)!r} is not a readable mim checkpoint ({type(exc).__name__})") from None
-    return path, state
-
-
-def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: StopRequest | None = None) -> dict:
-    """Run both stages and return the results dict (contract fields of results.json).
-
-    ``out/checkpoints/last.ckpt`` is kept fresh every ``checkpoint.every_n_steps`` steps of either
-    stage; with ``resume`` the run continues from it and ends with the same numbers as an
-    uninterrupted run. The reported principal cosines and subspace mass are those of W after
-    stage 1 (before the stage-2 rescaling, which changes row norms and hence W's singular subspace).
-    """
-    return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop)[0]
+def _resume_state(cfg: Config, out: Path, seeds: list[int]) -> dict:
+    """The checkpoint of the interrupted run in ``out``, refused when it is not of this config."""
+    state = load_checkpoint(out / CHECKPOINT)
+    if state.get("config_hash") != config_hash(cfg.model_dump()) or list(state.get("seeds", [])) != seeds:
+        raise MimError(f"cannot resume {str(out)!r}: its checkpoint was written for another configuration than "
+                       f"{str(out / 'config.yaml')!r} now holds; a resume runs exactly the interrupted run: restore "
+                       f"config.yaml or start a new run with --out")
+    return state
 
 
 def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool = False,
-                   stop: StopRequest | None = None) -> list[dict]:
-    """K independent runs (one per seed) trained at once as batched matrix products: one results
-    dict per seed, each the same as a separate run with ``seed`` set to it (stage-2 lbfgs would
-    couple the replicas, so ``solver_for`` refuses K > 1 with lbfgs). TensorBoard shows the first
-    replica."""
-    seeds = list(seeds)
-    solver_for(cfg, replicas=len(seeds))
-    ckpt, state = read_checkpoint_stage(out) if resume else (out / CHECKPOINT, None)
-    components, dm, network = build(cfg, seeds)
+                   stop: StopRequest | None = None, plan: RunPlan | None = None) -> list[dict]:
+    """K independent runs (one per seed) trained at once: one results dict per seed (the contract
+    fields of results.json). TensorBoard shows the first replica."""
+    seeds, out = list(seeds), Path(out)
+    plan = plan or plan_run(cfg, check=False)
+    solver = solver_for(cfg, replicas=len(seeds))
+    stop = stop or StopRequest()
+    state = _resume_state(cfg, out, seeds) if resume else None
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    if assumptions and not resume:
-        log_assumptions(logger, assumptions)
-    every = cfg.checkpoint.every_n_steps
+    history = Stage1History(cfg, logger.log_metrics)
+    outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
+    if state is not None and state["stage"] == "stage1":
+        history.rows = state["history"]
+    key = config_hash(cfg.model_dump())
 
-    timings = {}
-    if state is None or state["stage"] == 1:
-        start = time.perf_counter()
-        stage1, spectral = run_stage1(cfg, components, dm, network, logger, StepCheckpoint(ckpt, every, 1, stop),
-                                      ckpt_path=ckpt if state is not None else None)
-        timings["stage1"] = time.perf_counter() - start
-        outputs = {"history": stage1.history, "timings": dict(timings),
-                   "spectral": {order: cos.tolist() for order, cos in spectral.items()},
-                   "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()}
-    else:
-        outputs = state["stage1"]
-        timings.update(outputs["timings"])
+    def snapshot(stage: str, step: int, module) -> dict:
+        history.flush()
+        optimizer = getattr(module, "stage_optimizer", None)
+        return {"stage": stage, "step": step, "config_hash": key, "seeds": seeds,
+                "network": {k: v.detach().cpu() for k, v in module.network.state_dict().items()},
+                "optimizer": None if optimizer is None else optimizer.state_dict(),
+                "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
+                "history": history.rows, "stage1": outputs}
+
+    last = {"stage1": cfg.stage1.steps, "stage2": 1 if solver == "ridge" else cfg.stage2.steps}
+    saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
+    fabric = make_fabric(cfg, [logger], [history, DivergenceGuard(cfg), saver])
+    fabric.launch()
+    if assumptions and state is None:
+        experiment = logger.experiment
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("assumptions", markdown_table(assumptions), global_step=0)
+
+    timings = dict(outputs.get("timings", {}))
     start = time.perf_counter()
-    stage2 = run_stage2(cfg, components, dm, network, seeds, logger, StepCheckpoint(ckpt, every, 2, stop),
-                        ckpt_path=ckpt if state is not None and state["stage"] == 2 else None, stage1_outputs=outputs)
+    components, dm, network = build(cfg, seeds, plan.components, fabric, poll=lambda: stop.check("data generation"))
+    if state is not None:
+        network.load_state_dict(state["network"])
+    if state is None or state["stage"] == "stage1":
+        shift, spectral = run_stage1(cfg, components, dm, network, fabric, state)
+        stop.check("stage1")
+        timings["stage1"] = time.perf_counter() - start
+        outputs.update({"history": history.rows, "timings": dict(timings),
+                        "spectral": {order: cos.tolist() for order, cos in spectral.items()},
+                        "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
+    start = time.perf_counter()
+    stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
+                                      state if state is not None and state["stage"] == "stage2" else None)
+    stop.check("the test pass")
     timings["stage2"] = time.perf_counter() - start
 
-    results = [replica_results(cfg.model_copy(update={"seed": seed}), k, outputs, stage2, assumptions, timings)
-               for k, seed in enumerate(seeds)]
-    first = results[0]
+    results = [replica_results(cfg.model_copy(update={"seed": seed}), k, outputs, stage2.last_loss, test_rel_mse,
+                               assumptions, timings) for k, seed in enumerate(seeds)]
+    log_final(logger, cfg, results[0])
+    return results
+
+
+def log_final(logger, cfg: Config, first: dict) -> None:
+    """The first replica's final metrics and the flattened config to TensorBoard's HParams."""
     final_metrics = {
         "final/min_principal_cosine": min(first["principal_cosines"]),
         "final/subspace_mass": first["subspace_mass"],
@@ -226,22 +246,21 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     hparams = {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()}
     logger.log_hyperparams(hparams, metrics=final_metrics)
     logger.finalize("success")
-    return results
 
 
-def replica_results(cfg: Config, k: int, outputs: dict, stage2: Stage2Module, assumptions, timings) -> dict:
+def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_mse, assumptions, timings) -> dict:
     """The results.json fields of replica k."""
     final = outputs["history"][-1]
     return {
         "principal_cosines": final["principal_cosines"][k],
         "subspace_mass": final["subspace_mass"][k],
-        "test_rel_mse": float(stage2.test_rel_mse[k]),
+        "test_rel_mse": float(test_rel_mse[k]),
         "spectral_principal_cosines": outputs["spectral"][SPECTRAL_ORDER[cfg.model.signs]][k],
         "spectral_order": SPECTRAL_ORDER[cfg.model.signs],
         "spectral_principal_cosines_magnitude": outputs["spectral"]["magnitude"][k],
         "spectral_principal_cosines_largest": outputs["spectral"]["largest"][k],
         "direction_mass": outputs["direction_mass"][k],
-        "stage2_loss": None if stage2.last_loss is None else float(stage2.last_loss[k]),
+        "stage2_loss": None if stage2_loss is None else float(stage2_loss[k]),
         "config": cfg.model_dump(),
         "assumptions": assumptions if assumptions is not None else [],
         "timings": timings,
