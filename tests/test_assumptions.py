@@ -1,4 +1,4 @@
-"""Assumption checks (SCIENCE.md section 5): known verdicts, numbers, errors and caching."""
+"""Assumption checks (docs/theory.md#assumptions): known verdicts, numbers, errors and caching."""
 
 import json
 import time

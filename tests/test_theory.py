@@ -1,4 +1,5 @@
-"""Population matrix, Hermite degree and alpha_c against closed forms (SCIENCE.md sections 4-6)."""
+"""Population matrix, Hermite degree and alpha_c against closed forms (docs/theory.md#the-population-matrix-m,
+docs/theory.md#closed-forms)."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Checks of the paper's assumptions (SCIENCE.md section 5), as structured reports.
+"""Checks of the paper's assumptions (docs/theory.md#assumptions), as structured reports.
 
 Every check returns a plain JSON-serialisable dict with at least ``assumption`` (1, 2, 3 or 5),
 ``component`` (the name(s) checked), ``holds`` (bool) and ``message`` (one sentence with the key

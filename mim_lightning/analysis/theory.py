@@ -1,4 +1,5 @@
-"""Population quantities of SCIENCE.md sections 4-6, for any link and loss.
+"""Population quantities of docs/theory.md (docs/theory.md#the-population-matrix-m,
+docs/theory.md#the-optimal-spectral-threshold), for any link and loss.
 
 Everything is an expectation over z ~ N(0, I_r) with y = g(z) (no label noise):
 
@@ -550,8 +551,9 @@ def alpha_c_estimate(
 
 
 def alpha_c(link, r: int) -> float:
-    """The optimal spectral weak-recovery threshold alpha_c = n_c / d of SCIENCE.md section 6
-    (inf when G(y) = 0, e.g. an odd link with no second-order information); see
+    """The optimal spectral weak-recovery threshold alpha_c = n_c / d
+    (docs/theory.md#the-optimal-spectral-threshold; inf when G(y) = 0, e.g. an odd link with no
+    second-order information); see
     ``alpha_c_estimate`` for the method and its accuracy."""
     return alpha_c_estimate(link, r)["alpha_c"]
 

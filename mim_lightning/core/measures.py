@@ -1,4 +1,4 @@
-"""Measures of SCIENCE.md section 7, batched over a leading replica dimension K.
+"""Measures of docs/theory.md#measures, batched over a leading replica dimension K.
 
 Plain functions of tensors (the stage-1 hot path calls them); the test metric, which must be right
 under DDP, is a torchmetrics ``Metric`` in ``training.metrics``.

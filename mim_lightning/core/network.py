@@ -14,7 +14,7 @@ from mim_lightning.core.streams import generator
 class TwoLayerNetwork(nn.Module):
     """K independent networks of width m on R^d: W (K, m, d), b (K, m), a (K, m).
 
-    Initialisation (SCIENCE.md section 2): symmetric pairs w_j = w_{j+m/2}, a_j = -a_{j+m/2} = 1,
+    Initialisation (docs/theory.md#network): symmetric pairs w_j = w_{j+m/2}, a_j = -a_{j+m/2} = 1,
     so f = 0; rows of W have norm ~ init_scale (entries N(0, init_scale^2 / d)); biases 0.
     ``signs`` "positive" / "negative" instead gives every neuron a_j = +1 / -1 and its own row:
     stage 1 then amplifies one sign of the spectrum (when eta1 * beta1 < 1) instead of both.

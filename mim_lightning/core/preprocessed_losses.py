@@ -4,13 +4,16 @@
 (1 + sup|T|)-Lipschitz in t, with -loss'(0, y) = T(y) exactly. Its minimiser in t is
 T / sqrt(1 - T^2), not y, so it is a stage-1 loss; fit stage 2 with a regression loss.
 
-The optimal preprocessing of SCIENCE.md section 6 has a closed form when G(y) = E[z z^T - I | y]
-is a multiple of the identity, as for y = sum_k (z_k^2 - 1) (``sum_he2``; r = 1 is ``he2``):
+The optimal preprocessing (docs/theory.md#the-optimal-spectral-threshold) has a closed form when
+G(y) = E[z z^T - I | y] is a multiple of the identity, as for y = sum_k (z_k^2 - 1) (``sum_he2``;
+r = 1 is ``he2``):
 |z|^2 = y + r is chi-square with r degrees of freedom, so G(y) = (y / r) I and
 T(y) = lambda(y) / (lambda(y) + s) = y / (y + r s). s = 1 is the weak-recovery-optimal choice
 (but T is then unbounded below as y -> -r); above the threshold s = sqrt(alpha / alpha_c) is
 the optimal one (Mondelli & Montanari's phase-retrieval preprocessing, per direction), and it is
-bounded: T >= -1 / (s - 1).
+bounded: T >= -1 / (s - 1). For s < 2 that bound is below -1, and the loss is unbounded below in t
+on the samples with T(y) < -1 (a quarter of them for r = 2, s = sqrt(2); see
+docs/theory.md#preprocessed-losses).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Label preprocessing and the spectral-estimator baseline (SCIENCE.md sections 4 and 6)."""
+"""Label preprocessing and the spectral-estimator baseline (docs/theory.md#label-preprocessing,
+docs/theory.md#the-spectral-estimator)."""
 
 from __future__ import annotations
 
