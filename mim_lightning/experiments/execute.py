@@ -1,0 +1,224 @@
+"""Training a sweep's runs: what is cached, groups of seeds trained as one batched run, run
+folders (``training.run_folder``: lock, config.yaml, status.json, results.json), failures and the
+progress bar.
+
+A run is done when its folder has ``results.json`` (finished) or a status.json saying it failed on
+its own (``final``: its weights diverged or vanished, which training it again would repeat); any
+other state (no folder, running, interrupted, failed for another reason) is trained again.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Callable
+
+import click
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+from mim_lightning.config import Config
+from mim_lightning.errors import MimError
+from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
+from mim_lightning.training import run as runner
+from mim_lightning.training.run_folder import RunFolder
+
+#: the errors of a run that belong to it (and, in a batched run, to some of its replicas): its
+#: weights diverged or vanished. Every other error is the sweep's and stops it.
+RUN_FAILURE = re.compile(r"^stage [12] (diverged|vanished)\b")
+
+
+def run_failure(exc: BaseException) -> bool:
+    """Whether an error is a run's own failure (divergence or vanishing of its weights)."""
+    return isinstance(exc, MimError) and bool(RUN_FAILURE.match(str(exc)))
+
+
+def rank_zero() -> bool:
+    """Whether this process writes files and output (under DDP every rank runs the sweep's loop;
+    rank zero alone writes)."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs that differ only in ``seed``, in the order of their first appearance."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(without_seed(run.cfg), []).append(run)
+    return list(groups.values())
+
+
+def batchable(cfg: Config) -> bool:
+    """Whether several seeds of this config may be trained as one batched run with the same numbers
+    as separate runs: not when the stage-2 solver is lbfgs (``solver=auto`` with a non-squared
+    loss included)."""
+    return runner.solver_for(cfg, replicas=1) != "lbfgs"
+
+
+def describe_group(group: list[Run]) -> str:
+    """'data.alpha=2 (seeds 0, 1, 2 batched)': a group of seeds in messages."""
+    values = {k: v for k, v in group[0].values.items() if k != "seed"}
+    seeds = ", ".join(str(run.cfg.seed) for run in group)
+    return f"{describe(values) or 'the base config'} (seeds {seeds} batched)"
+
+
+def folder_of(out: Path, run: Run) -> RunFolder:
+    return RunFolder(Path(out) / "runs" / run.key)
+
+
+def cached(folder: RunFolder) -> dict | None:
+    """A done run's results dict ({'failed': message} for a failed one), else None."""
+    results = folder.results()
+    if results is not None:
+        return results
+    status = folder.status()
+    if status.get("status") == "failed" and status.get("final"):
+        return {"failed": status.get("message", "failed")}
+    return None
+
+
+def warn(text: str) -> None:
+    if rank_zero():
+        click.echo(("\n" if sys.stderr.isatty() else "") + f"Warning: {text}", err=True)
+
+
+@contextmanager
+def claimed(folders: list[RunFolder], configs: list[Config]):
+    """Rank zero holds the folders' locks and marks them running (each with its config.yaml, once,
+    and nothing left of an earlier attempt) for the time of one training call; an error that leaves
+    it marks them failed (interrupted on Ctrl-C), not final, so that they are trained again."""
+    if not rank_zero():
+        yield
+        return
+    with ExitStack() as stack:
+        for folder in folders:
+            stack.enter_context(folder.locked())
+        for folder, cfg in zip(folders, configs, strict=True):
+            folder.start(cfg.model_dump(), fresh=True)
+        try:
+            yield
+        except KeyboardInterrupt:
+            for folder in folders:
+                folder.set_status("interrupted", "the sweep was interrupted (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            for folder in folders:
+                folder.set_status("failed", str(exc) or type(exc).__name__)
+            raise
+
+
+class Assumptions:
+    """The assumption report of each combination of components (``runner.plan_run``, computed once
+    per combination, so that each violation warns once; with ``checks.strict`` a refusal)."""
+
+    def __init__(self, checks: Callable[[Config], list] | None = None):
+        self.checks = checks or (lambda cfg: runner.plan_run(cfg, check=True, warn=rank_zero()).assumptions)
+        self.reports: dict[tuple, list] = {}
+
+    def __call__(self, cfg: Config) -> list:
+        which = (cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r, cfg.checks.strict)
+        if which not in self.reports:
+            self.reports[which] = self.checks(cfg)
+        return self.reports[which]
+
+
+def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[dict] | None:
+    """Train a group of seeds as one batched run; None when one of its replicas failed on its own
+    (a warning says so; the caller then trains the seeds one by one). Other errors stop the sweep."""
+    folders = [folder_of(out, run) for run in group]
+    first = group[0]
+    try:
+        with claimed(folders, [run.cfg for run in group]):
+            # one call for the group: its TensorBoard files go to the first seed's folder
+            batch = runner.train_replicas(first.cfg, folders[0].path, [run.cfg.seed for run in group],
+                                          assumptions=assumptions(first.cfg))
+            if rank_zero():
+                for folder, results in zip(folders, batch, strict=True):
+                    folder.finish(results)
+    except MimError as exc:
+        if not run_failure(exc):
+            raise MimError(f"sweep runs {describe_group(group)}: {exc}; finished runs are kept") from None
+        warn(f"sweep runs {describe_group(group)}: {exc}; training these seeds one by one to find which fail")
+        return None
+    return batch
+
+
+def train_one(run: Run, out: Path, assumptions: Assumptions) -> dict:
+    """Train one run; a run failure (diverged, vanished) is recorded as final (status.json) and
+    returned as {'failed': message} with a warning; other errors stop the sweep."""
+    folder = folder_of(out, run)
+    message = None
+    try:
+        with claimed([folder], [run.cfg]):
+            try:
+                results = runner.train_replicas(run.cfg, folder.path, [run.cfg.seed],
+                                                assumptions=assumptions(run.cfg))[0]
+            except MimError as exc:
+                if not run_failure(exc):
+                    raise
+                message = f"sweep run {run.describe()}: {exc}"
+            if rank_zero():
+                if message is None:
+                    folder.finish(results)
+                else:
+                    folder.set_status("failed", message, final=True)
+    except MimError as exc:
+        raise MimError(f"sweep run {run.describe()}: {exc}; finished runs are kept") from None
+    if message is not None:
+        warn(message)
+        return {"failed": message}
+    return results
+
+
+def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = None) -> tuple[dict[str, dict], int]:
+    """Train every run of the sweep that is not done; ({run key: results dict} for all runs, the
+    number of runs trained). A progress bar on stderr counts the runs to train, with an estimate
+    of the time left; a line before it and one after count all runs, cached ones included.
+
+    ``checks(cfg)`` gives a run's assumption report (default: ``runner.plan_run``'s, which warns
+    about each violation and refuses under ``checks.strict``; asked once per combination)."""
+    results: dict[str, dict] = {}
+    todo: list[list[Run]] = []
+    for group in seed_groups(sweep.runs):
+        missing = []
+        for run in group:
+            done = cached(folder_of(out, run))
+            if done is None:
+                missing.append(run)
+            else:
+                results[run.key] = done
+        if missing:
+            todo.append(missing)
+    total, to_train = len(sweep.runs), sum(len(g) for g in todo)
+    assumptions = Assumptions(checks)
+    for group in todo:  # refusals (checks.strict) before anything is trained
+        for run in group:
+            try:
+                assumptions(run.cfg)
+            except MimError as exc:
+                raise MimError(f"sweep run {run.describe()}: {exc}") from None
+
+    zero, start, trained = rank_zero(), time.perf_counter(), 0
+    label = f"sweep: {total - to_train} of {total} runs cached, training {to_train}"
+    if to_train:
+        with click.progressbar(length=to_train, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+                               hidden=not zero) as bar:
+            for group in todo:
+                batch = train_group(group, out, assumptions) if len(group) > 1 and batchable(group[0].cfg) else None
+                for i, run in enumerate(group):
+                    results[run.key] = batch[i] if batch is not None else train_one(run, out, assumptions)
+                    if batch is None:
+                        bar.update(1)
+                if batch is not None:
+                    bar.update(len(group))
+                trained += len(group)
+    if zero:
+        click.echo(f"sweep: {total}/{total} runs ({total - to_train} cached, {to_train} trained"
+                   f" in {_clock(time.perf_counter() - start)})", err=True)
+    return results, trained
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,199 @@
+"""The grid of a sweep: reading and validating the sweep file, variants, the runs and their keys.
+
+A sweep file is a normal config plus a ``sweep:`` mapping of dotted keys to lists of values; the
+runs are the cartesian product of the lists (in the order the keys are written). Each run's key is
+a content hash of its resolved config (its folder name, so that a finished run is never trained
+again).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mim_lightning.config import Config, all_keys, build_config, flatten, parse_override, read_yaml, set_dotted
+from mim_lightning.errors import MimError
+from mim_lightning.plugins.registry import closest
+from mim_lightning.training.run import validate
+
+
+@dataclass
+class Run:
+    """One point of the grid: its swept values (dotted key -> value), resolved config and key."""
+
+    values: dict[str, Any]
+    cfg: Config
+    key: str
+
+    def describe(self) -> str:
+        return describe(self.values)
+
+
+def describe(values: dict[str, Any]) -> str:
+    """'data.alpha=2, variant='joint'': swept values as written in messages."""
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+
+
+@dataclass
+class Sweep:
+    base: Config
+    axes: dict[str, list]  # swept key -> its values, in the order of the sweep file
+    runs: list[Run] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)  # variant name -> its dotted overrides
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.axes)
+
+    @property
+    def x_key(self) -> str | None:
+        """The key plots use as x axis: the first swept key other than ``seed`` and ``variant``
+        (variants become curves), else ``variant``."""
+        return next((k for k in self.keys if k not in ("seed", "variant")), "variant" if self.variants else None)
+
+
+def sweep_section(sweep: Sweep) -> dict:
+    """The ``sweep:`` mapping as written back to DIR/sweep.yaml (variants as their bundles)."""
+    section = {k: v for k, v in sweep.axes.items() if k != "variant"}
+    if sweep.variants:
+        section = {"variant": [{"name": n, **o} for n, o in sweep.variants.items()], **section}
+    return section
+
+
+def canonical(cfg: Config) -> str:
+    """The canonical JSON of a resolved config (sorted keys, no spaces)."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def run_key(cfg: Config) -> str:
+    """A run's directory name: the first 16 hex digits of sha256 of its canonical config.
+
+    Not ``run_folder.config_hash``: that hashes ``json.dumps`` with the default separators, so its
+    digest differs, and existing sweep folders (cached results) are named by this formula."""
+    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:16]
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, list], dict[str, dict]]:
+    """(base config tree, {dotted key: values}, {variant name: overrides}) of a sweep file with
+    ``--set`` overrides applied to the base. The ``sweep:`` mapping may be written flat
+    (``data.alpha: [1, 2]``) or nested; its optional ``variant`` entry is a list of named bundles of
+    overrides (``- {name: joint, stage1.joint: true}``), swept like one key called ``variant``."""
+    tree = read_yaml(path)
+    for text in overrides:
+        set_dotted(tree, *parse_override(text))
+    if "sweep" not in tree:
+        raise MimError(f"sweep file {str(path)!r} has no 'sweep:' mapping of keys to lists of values"
+                       " (for a single run use mim train)")
+    grid = tree.pop("sweep")
+    if not isinstance(grid, dict) or not grid:
+        raise MimError(f"sweep file {str(path)!r}: 'sweep' must be a non-empty mapping of config keys to lists"
+                       f" of values, e.g. sweep: {{data.alpha: [1, 2, 4]}} (got {grid!r})")
+    valid = all_keys()
+    sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+    variants = read_variants(grid.pop("variant", None), valid)
+    axes = {"variant": list(variants)} if variants else {}
+    for key, values in flatten(grid).items():
+        key = str(key)
+        if key not in valid:
+            if key in sections:
+                raise MimError(f"sweep key {key!r} is a section, not a config key; sweep one of its keys, e.g. {key}.{_first_in(key, valid)}")
+            raise MimError(f"sweep key {key!r} is not a config key{closest(key, valid)}")
+        if not isinstance(values, list):
+            raise MimError(f"sweep key {key!r} must map to a list of values, e.g. {key}: [{_show(values)}] (got {_show(values)})")
+        if not values:
+            raise MimError(f"sweep key {key!r} has an empty list of values")
+        for i, value in enumerate(values):
+            if any(_same(value, other) for other in values[:i]):
+                raise MimError(f"sweep key {key!r} lists the value {_show(value)} twice")
+        axes[key] = values
+    return tree, axes, variants
+
+
+def read_variants(entries, valid) -> dict[str, dict]:
+    """{name: {dotted key: value}} from the ``variant`` list of a sweep (validated, one line per error)."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise MimError("sweep 'variant' must be a non-empty list of mappings, e.g. - {name: joint, stage1.joint: true}")
+    variants = {}
+    for entry in entries:
+        overrides = flatten(dict(entry))
+        name = overrides.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise MimError(f"sweep variant {entry!r} needs a 'name' (a non-empty string)")
+        if name in variants:
+            raise MimError(f"sweep variant name {name!r} is used twice")
+        for key in overrides:
+            if key not in valid:
+                raise MimError(f"sweep variant {name!r}: {key!r} is not a config key{closest(key, valid)}")
+        variants[name] = overrides
+    return variants
+
+
+def _first_in(section: str, keys) -> str:
+    return next(k for k in keys if k.startswith(section + ".")).removeprefix(section + ".")
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b or (_number(a) and _number(b) and a == b)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def without_seed(cfg: Config) -> str:
+    """The canonical config with the seed set to 0: runs that differ only in ``seed`` share it."""
+    return canonical(cfg.model_copy(update={"seed": 0}))
+
+
+def load_sweep(path: str | Path, overrides=()) -> Sweep:
+    """Read and validate a sweep file: the base config, every swept value on its own, then every run
+    of the grid (one-line MimErrors naming the key and value, before anything is trained)."""
+    tree, axes, variants = read_sweep_tree(path, overrides)
+    base = build_config(tree)
+
+    def apply(one: dict, key: str, value) -> None:
+        for k, v in (variants[value].items() if key == "variant" else [(key, value)]):
+            set_dotted(one, k, v)
+
+    for key, values in axes.items():  # each value on its own, so the error names the culprit
+        for value in values:
+            one = copy.deepcopy(tree)
+            apply(one, key, value)
+            try:
+                build_config(one)
+            except MimError as exc:
+                if key == "variant" or f"{key!r}" in str(exc):
+                    raise MimError(f"sweep {key} = {_show(value)}: {exc}") from None
+    sweep = Sweep(base, axes, variants=variants)
+    seen, validated = {}, set()
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo, strict=True))
+        one = copy.deepcopy(tree)
+        for key, value in values.items():
+            apply(one, key, value)
+        run = Run(values, None, "")
+        try:
+            run.cfg = build_config(one)
+            group = without_seed(run.cfg)
+            if group not in validated:  # component names and probes, solver, trainer settings
+                validate(run.cfg)
+                validated.add(group)
+        except MimError as exc:
+            raise MimError(f"sweep run {run.describe()}: {exc}") from None
+        run.key = run_key(run.cfg)
+        if run.key in seen:
+            raise MimError(f"sweep runs {seen[run.key].describe()} and {run.describe()} are the same run")
+        seen[run.key] = run
+        sweep.runs.append(run)
+    return sweep
