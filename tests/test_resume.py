@@ -2,6 +2,8 @@
 resumed ends with the numbers of an uninterrupted run."""
 
 import json
+import os
+import shlex
 import signal
 import subprocess
 import time
@@ -50,7 +52,7 @@ def uninterrupted(tmp_path_factory):
 
 def assert_same(a, b, tol=1e-5):
     for key in KEYS:
-        for x, y in zip(as_list(a[key]), as_list(b[key])):
+        for x, y in zip(as_list(a[key]), as_list(b[key]), strict=True):
             assert abs(x - y) <= tol, (key, x, y)
     assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
 
@@ -60,8 +62,8 @@ def test_sigkill_mid_stage1_then_resume(tmp_path, uninterrupted):
     path = wait_for_checkpoint(tmp_path, process)
     process.kill()
     process.wait()
-    state = torch.load(path, weights_only=False)
-    assert state["mim"]["stage"] == 1 and state["epoch"] < 299
+    state = torch.load(path, weights_only=True)
+    assert state["stage"] == "stage1" and state["step"] < 300
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "running"
     assert not (tmp_path / "results.json").exists()
     finish("--resume", str(tmp_path))
@@ -75,7 +77,7 @@ def test_signal_stops_cleanly_with_a_checkpoint(tmp_path, uninterrupted, sig, co
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
-    assert f"Resume with: mim train --resume {tmp_path}" in stderr
+    assert f"Resume with: mim train --resume {shlex.quote(str(tmp_path))}" in stderr
     assert "Traceback" not in stderr
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "interrupted" and "checkpoint saved" in status["message"]
@@ -87,3 +89,58 @@ def test_resume_without_checkpoint_is_one_line(tmp_path):
     done = subprocess.run([MIM, "train", "--resume", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode != 0
     assert done.stderr.strip().count("\n") == 0 and "config file" in done.stderr
+
+
+def interrupted_run(out):
+    """A run stopped by SIGTERM after its first checkpoint."""
+    process = start(out)
+    wait_for_checkpoint(out, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    return out
+
+
+def test_resume_refuses_overrides_and_a_changed_config(tmp_path):
+    out = interrupted_run(tmp_path / "run with space")
+    before = (out / "config.yaml").read_text()
+    done = subprocess.run([MIM, "train", "--resume", str(out), "--set", "seed=5"], capture_output=True, text=True)
+    assert done.returncode == 1 and "no --set" in done.stderr and "Traceback" not in done.stderr
+    (out / "config.yaml").write_text(before.replace("link: sum_he2", "link: z1z2"))
+    done = subprocess.run([MIM, "train", "--resume", str(out)], capture_output=True, text=True)
+    assert done.returncode == 1 and "another configuration" in done.stderr
+    assert not (out / "results.json").exists()
+    (out / "config.yaml").write_text(before)     # restored: the run can still be finished
+    finish("--resume", str(out))
+    assert (out / "results.json").exists()
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path):
+    finish("--out", str(tmp_path), *ARGS[:-4], "--set", "stage1.steps=3")
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    done = finish("--resume", str(tmp_path))
+    assert "complete" in done.stdout
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_second_process_on_the_same_folder_is_refused(tmp_path):
+    process = start(tmp_path)
+    wait_for_checkpoint(tmp_path, process)
+    done = subprocess.run([MIM, "train", "--out", str(tmp_path), "--set", "seed=5"], capture_output=True, text=True)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert done.returncode == 1 and "in use by another mim process" in done.stderr
+    assert "seed: 0" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
+    out = interrupted_run(tmp_path / "run")
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"stage": "stage1", "payload": Exploit()}, out / "checkpoints" / "last.ckpt")
+    done = subprocess.run([MIM, "train", "--resume", str(out)], capture_output=True, text=True)
+    assert done.returncode == 1 and "not a plain mim checkpoint" in done.stderr
+    assert not marker.exists()
