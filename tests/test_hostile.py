@@ -143,7 +143,8 @@ def test_non_finite_labels_stop_data_generation():
 
 def test_diverging_learning_rate(tmp_path):
     line = check_one_line(invoke(tmp_path, *sets("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1",
-                                                 "stage1.steps=40")), tmp_path, "stage 1 diverged at step", "stage1.lr")
+                                                 "stage1.steps=40", "stage1.loss=squared")),
+                          tmp_path, "stage 1 diverged by step", "stage1.lr")
     assert "1000000.0" in line
 
 
@@ -163,7 +164,7 @@ def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
 
-    monkeypatch.setattr(runner, "train", explode)
+    monkeypatch.setattr(runner, "train_replicas", explode)
     check_one_line(invoke(tmp_path, *sets()), tmp_path, "out of memory", "data.chunk_size")
 
 

@@ -13,6 +13,8 @@ import torch
 
 from test_ddp import KEYS, MIM, as_list
 
+pytestmark = pytest.mark.slow
+
 SETS = ["data.d=64", "data.alpha=8", "data.alpha2=8", "data.n_test=256", "model.width=32", "stage1.steps=300",
         "checkpoint.every_n_steps=2", "stage2.loss=huber", "stage2.steps=30"]
 ARGS = [arg for item in SETS for arg in ("--set", item)]

@@ -23,10 +23,11 @@ TRACKING_TOL = 1e-8  # on the CPU the tracked subspace stops iterating once it m
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
-class Stage1History:
-    """Subspace mass and principal cosines of W every ``metrics.every_n_steps`` steps (and at 0
-    and T1), recorded on the device (no host synchronisation per step) and flushed to the host and
-    the logger every ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
+class MetricHistory:
+    """Stage 1: subspace mass and principal cosines of W every ``metrics.every_n_steps`` steps (and
+    at 0 and T1), recorded on the device (no host synchronisation per step) and flushed to the host
+    and the logger every ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
+    Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
 
     ``rows``: the flushed history, one dict per recorded step with ``step``, ``subspace_mass`` (K,)
     and ``principal_cosines`` (K, r) as lists.
@@ -88,6 +89,7 @@ class Stage1History:
 
     def on_step_end(self, fabric, stage: str, module, step: int) -> None:
         if stage != "stage1":
+            self.log({"stage2/loss": float(module.last_loss[0])}, step)
             return
         metrics = self.cfg.metrics
         if step % metrics.every_n_steps == 0 or step == self.cfg.stage1.steps:

@@ -27,7 +27,7 @@ from mim_lightning.core.network import TwoLayerNetwork
 from mim_lightning.core.spectral import mean_preprocessing, spectral_cosines
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.validate import RunComponents, resolve_run_components
-from mim_lightning.training.callbacks import DivergenceGuard, Stage1History, StepCheckpoint
+from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
 from mim_lightning.training.checkpoints import CHECKPOINT, StopRequest, load_checkpoint
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.training.loop import fit_stage, make_fabric
@@ -71,8 +71,7 @@ def plan_run(cfg: Config, check: bool = True, warn: bool = False) -> RunPlan:
     plan = RunPlan(components, solver_for(cfg))
     make_fabric(cfg)
     if check:
-        plan.assumptions = jsonable(check_components(components.link, components.stage1_loss,
-                                                     components.activation, cfg.data.r))
+        plan.assumptions = jsonable(check_components(cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r))
         bad = violations(plan.assumptions)
         if warn:
             for check_ in bad:
@@ -187,7 +186,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     stop = stop or StopRequest()
     state = _resume_state(cfg, out, seeds) if resume else None
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    history = Stage1History(cfg, logger.log_metrics)
+    history = MetricHistory(cfg, logger.log_metrics)
     outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
     if state is not None and state["stage"] == "stage1":
         history.rows = state["history"]
