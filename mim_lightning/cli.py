@@ -16,9 +16,20 @@ import click
 from mim_lightning.errors import MimError
 
 
-def friendly_errors(command):
-    """Turn MimError (and any unforeseen exception) into 'Error: <one line>' and exit 1, unless
-    --debug is given."""
+class CommandError(click.ClickException):
+    """'Error: <one line>' with the exit status of the command that failed."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def friendly_errors(command=None, *, exit_code: int = 1):
+    """Turn MimError (and any unforeseen exception) into 'Error: <one line>' and exit with
+    ``exit_code`` (1; 2 for check and theory, whose 1 means a violated assumption), unless --debug
+    is given. Use as @friendly_errors or @friendly_errors(exit_code=2)."""
+    if command is None:
+        return functools.partial(friendly_errors, exit_code=exit_code)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -28,13 +39,13 @@ def friendly_errors(command):
         except MimError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
-            raise click.ClickException(str(exc)) from None
+            raise CommandError(str(exc), exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - anything unforeseen still gets one line
             if ctx.find_root().params.get("debug"):
                 raise
-            raise click.ClickException(unexpected(exc)) from None
+            raise CommandError(unexpected(exc), exit_code) from None
 
     return wrapper
 
@@ -48,7 +59,43 @@ def unexpected(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text} (run 'mim --debug ...' for the traceback)"
 
 
-@click.group()
+class MimGroup(click.Group):
+    """Lists each command with its whole first sentence (click cuts it to the terminal width)."""
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class ComponentOption(click.Option):
+    """An option naming a registered component; its help ends with the names available, looked up
+    only when the help is shown (the registry imports torch and the plugins)."""
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def get_help_record(self, ctx):
+        from mim_lightning.plugins import manager as plugins
+
+        plain = self.help
+        try:
+            self.help = f"{plain} One of: {', '.join(plugins.get_registry().names(self.kind))}."
+        except Exception:  # noqa: BLE001 - the help must show even when a plugin is broken
+            pass
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = plain
+
+
+@click.group(cls=MimGroup, context_settings={"max_content_width": 120})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 @click.version_option(package_name="mim-lightning")
 def main(debug):
@@ -66,10 +113,12 @@ def quiet_lightning() -> None:
 
 def summary(results: dict) -> str:
     cos = ", ".join(f"{c:.3f}" for c in results["principal_cosines"])
-    spec = ", ".join(f"{c:.3f}" for c in results["spectral_principal_cosines"])
+    spectral = results["spectral_principal_cosines"]
+    spec = "off" if spectral is None else (", ".join(f"{c:.3f}" for c in spectral)
+                                           + f"  (top-r by {results.get('spectral_order', 'magnitude')})")
     return (
         f"principal cosines   {cos}\n"
-        f"spectral baseline   {spec}  (top-r by {results.get('spectral_order', 'magnitude')})\n"
+        f"spectral baseline   {spec}\n"
         f"subspace mass       {results['subspace_mass']:.3f}\n"
         f"test relative MSE   {results['test_rel_mse']:.4f}\n"
         f"time                stage 1 {results['timings']['stage1']:.1f} s, stage 2 {results['timings']['stage2']:.1f} s"
@@ -176,7 +225,10 @@ def sweep(config, overrides, out):
 @click.option("--json", "as_json", is_flag=True, help="Output a JSON list.")
 @friendly_errors
 def plugins_command(as_json):
-    """Installed plugins (built-ins included) and the components each registers."""
+    """Installed plugins (built-ins included) and the components each registers.
+
+    Exit 0 when every plugin loaded cleanly, 1 when one is broken (it is listed with its error).
+    """
     from mim_lightning.plugins import manager as plugins
 
     infos = plugins.plugin_infos()
@@ -187,6 +239,8 @@ def plugins_command(as_json):
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
     else:
         click.echo(plugins.format_plugins(infos))
+    if any(info.errors for info in infos):
+        sys.exit(1)  # the listing is complete, but a plugin is broken
 
 
 class BadUsage(click.ClickException):
@@ -198,6 +252,7 @@ class BadUsage(click.ClickException):
 def usage_checked(link=None, loss=None, activation=None, r=None, default_r=2) -> int:
     """Look up the named components and validate r (default: default_r, or the link's min_r if
     larger); BadUsage names the option and lists what is available."""
+    from mim_lightning.config import MAX_R
     from mim_lightning.plugins import manager as plugins
 
     registry = plugins.get_registry()
@@ -216,39 +271,62 @@ def usage_checked(link=None, loss=None, activation=None, r=None, default_r=2) ->
         raise BadUsage(f"--r must be a positive integer, got {r}")
     if r < min_r:
         raise BadUsage(f"--r {r} is too small for link {link!r}, which needs r >= {min_r}")
+    if r > MAX_R:
+        raise BadUsage(f"--r {r} is above the limit of the theory computations, r <= {MAX_R}")
     return r
 
 
+@contextlib.contextmanager
+def components_named_by_options():
+    """A component that breaks its contract (core.contracts) is bad usage: BadUsage naming the
+    option that chose it, in the words the probe and data generation use too."""
+    from mim_lightning.core.contracts import ComponentError
+
+    try:
+        yield
+    except ComponentError as exc:
+        raise BadUsage(f"--{exc.kind}: {exc}") from None
+
+
+def default_components():
+    """The quickstart's (link, stage-1 loss, activation, r)."""
+    from mim_lightning.config import Config
+
+    defaults = Config()
+    return defaults.data.link, defaults.stage1.loss, defaults.model.activation, defaults.data.r
+
+
 @main.command()
-@click.option("--link", help="Link to check (Assumption 1; with --loss also Assumption 5).")
-@click.option("--loss", help="Loss to check (Assumption 3; with --link also Assumption 5).")
-@click.option("--activation", help="Activation to check (Assumption 2).")
-@click.option("--r", "r", type=int, help="Dimension of the hidden subspace [default: 2, or the link's min_r].")
+@click.option("--link", cls=ComponentOption, kind="link", help="Link to check (Assumption 1; with --loss also Assumption 5).")
+@click.option("--loss", cls=ComponentOption, kind="loss", help="Loss to check (Assumption 3; with --link also Assumption 5).")
+@click.option("--activation", cls=ComponentOption, kind="activation", help="Activation to check (Assumption 2).")
+@click.option("--r", "r", type=int, help="Dimension of the hidden subspace, at most 32 [default: 2, or the link's min_r].")
 @click.option("--json", "as_json", is_flag=True, help='Output {"checks": [...]} as JSON.')
-@friendly_errors
+@friendly_errors(exit_code=2)
 def check(link, loss, activation, r, as_json):
     """Check components against the paper's assumptions.
 
     Checks only the components given; with none, the defaults (the quickstart's link, stage-1
-    loss and activation). Exit 0 when every check holds, 1 when one is violated, 2 on bad usage.
+    loss and activation). Exit 0 when every check holds, 1 when one is violated, 2 on bad usage or
+    a broken component.
     """
     from mim_lightning.analysis import assumptions
-    from mim_lightning.config import Config
     from mim_lightning.analysis.report import jsonable, text_table, violations
 
-    defaults = Config()
+    default_link, default_loss, default_activation, default_r = default_components()
     if link is None and loss is None and activation is None:
-        link, loss, activation = defaults.data.link, defaults.stage1.loss, defaults.model.activation
-    r = usage_checked(link, loss, activation, r, defaults.data.r)
+        link, loss, activation = default_link, default_loss, default_activation
+    r = usage_checked(link, loss, activation, r, default_r)
     checks = []
-    if link is not None:
-        checks.append(assumptions.check_link(link, r))
-    if activation is not None:
-        checks.append(assumptions.check_activation(activation))
-    if loss is not None:
-        checks.append(assumptions.check_loss(loss))
-    if link is not None and loss is not None:
-        checks.append(assumptions.check_pair(link, loss, r))
+    with components_named_by_options():
+        if link is not None:
+            checks.append(assumptions.check_link(link, r))
+        if activation is not None:
+            checks.append(assumptions.check_activation(activation))
+        if loss is not None:
+            checks.append(assumptions.check_loss(loss))
+        if link is not None and loss is not None:
+            checks.append(assumptions.check_pair(link, loss, r))
     checks = jsonable(checks)
     bad = violations(checks)
     if as_json:
@@ -261,19 +339,25 @@ def check(link, loss, activation, r, as_json):
 
 
 @main.command()
-@click.option("--link", required=True, help="Link g (a registered link name).")
-@click.option("--r", "r", type=int, required=True, help="Dimension of the hidden subspace.")
-@click.option("--loss", default="squared", show_default=True, help="Loss whose preprocessing T(y) = -loss'(0, y) defines M.")
+@click.option("--link", required=True, cls=ComponentOption, kind="link", help="Link g.")
+@click.option("--r", "r", type=int, help="Dimension of the hidden subspace, at most 32 [default: 2, or the link's min_r].")
+@click.option("--loss", default="squared", show_default=True, cls=ComponentOption, kind="loss",
+              help="Loss whose preprocessing T(y) = -loss'(0, y) defines M.")
 @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON.")
-@friendly_errors
+@friendly_errors(exit_code=2)
 def theory(link, r, loss, as_json):
     """Population matrix M, its eigenvalues, the link's Hermite degree and alpha_c, the optimal
-    spectral weak-recovery threshold (n = alpha_c * d samples)."""
+    spectral weak-recovery threshold (n = alpha_c * d samples).
+
+    alpha_c is computed for r <= 6 (its cost grows like r^4). Exit 0, or 2 on bad usage or a
+    broken component.
+    """
     from mim_lightning.analysis.report import format_theory, jsonable
     from mim_lightning.analysis.theory import theory_report
 
-    r = usage_checked(link=link, loss=loss, r=r)
-    report = jsonable(theory_report(link, r, loss))
+    r = usage_checked(link=link, loss=loss, r=r, default_r=default_components()[3])
+    with components_named_by_options():
+        report = jsonable(theory_report(link, r, loss))
     click.echo(json.dumps(report, indent=2) if as_json else format_theory(report))
 
 

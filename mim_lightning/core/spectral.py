@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from mim_lightning.core.matrix_free import top_eigenpairs_matrix_free
 from mim_lightning.core.measures import principal_cosines
 
 
@@ -63,3 +64,23 @@ def mean_preprocessing(chunks, loss: Callable, n: int, reduce: Callable) -> torc
     """E_n[T(y)] over all chunks and ranks, per replica: (K,)."""
     total = sum(preprocess(loss, y).sum(-1) for _, y in chunks)
     return reduce(total) / n
+
+
+def matrix_free_cosines(passes: Callable, loss: Callable, shift: torch.Tensor, n: int, U: torch.Tensor,
+                        reduce: Callable, orders=("magnitude", "largest"), tol: float = 1e-6) -> dict[str, torch.Tensor]:
+    """``spectral_cosines`` without forming Sigmahat: its top-r eigenvectors by block Krylov
+    (``core.matrix_free``) from the products V -> Sigmahat V = (1/n) X^T ((T(y) - shift) * (X V)),
+    one streaming pass over ``passes()`` (a fresh iterator of chunks) per product; the products run
+    in float32 and are summed in float64, which limits ``tol`` to about 1e-6. Memory O(d r passes)."""
+    K, r, d = U.shape
+
+    def apply(V: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(K, d, V.shape[-1], dtype=torch.float64, device=U.device)
+        block = V.to(U.dtype)
+        for x, y in passes():
+            weight = (preprocess(loss, y) - shift.unsqueeze(-1)).unsqueeze(-1)
+            total += torch.bmm(x.transpose(1, 2), weight * torch.bmm(x, block)).double()
+        return reduce(total) / n
+
+    found, _ = top_eigenpairs_matrix_free(apply, K, d, r, orders=tuple(orders), tol=tol, device=U.device)
+    return {order: principal_cosines(vectors.to(U.dtype), U) for order, (vectors, _) in found.items()}

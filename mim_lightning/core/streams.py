@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from mim_lightning.core.contracts import link_values
 from mim_lightning.errors import MimError
 
 BLOCK = 1024
@@ -56,25 +57,21 @@ def max_local_rows(n: int, world: int) -> int:
 
 
 def labels(link: Callable, z: torch.Tensor, link_name: str) -> torch.Tensor:
-    """g(z) for z (..., n, r), checked to be (..., n)."""
-    y = link(z)
-    if not isinstance(y, torch.Tensor) or y.shape != z.shape[:-1]:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise MimError(
-            f"link {link_name!r} returned shape {shape} for z of shape {tuple(z.shape)}; "
-            f"a link must map (..., r) to (...)"
-        )
-    return y.to(z.dtype)
+    """g(z) for z (..., n, r), checked to be finite and of shape (..., n) (``core.contracts``: the
+    same sentence as the probe and ``mim check``)."""
+    return link_values(link_name, link, z).to(z.dtype)
 
 
-def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device, poll=None):
-    """This rank's shard of a split: x (K, n_local, d), y (K, n_local); ``poll()``, if given, runs
-    after every block."""
+def make_blocks(seeds, split, blocks, U, link, link_name, noise, device, poll=None):
+    """The samples of ``blocks`` ((block index, rows) pairs) of a split for every replica:
+    x (K, rows, d), y (K, rows). Block b of replica k is drawn from its own seed (seed_k, split, b),
+    so any subset of blocks is generated alone with the same numbers. ``poll()`` runs after each
+    block."""
     d = U.shape[-1]
     xs, ys = [], []
     for k, seed in enumerate(seeds):
         xk, yk = [], []
-        for block, rows in local_blocks(n, rank, world):
+        for block, rows in blocks:
             g = generator(seed, split, device, block)
             x = torch.randn(rows, d, generator=g, device=device)
             eps = torch.randn(rows, generator=g, device=device)
@@ -84,7 +81,18 @@ def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device, 
                 poll()
         xs.append(torch.cat(xk) if xk else torch.empty(0, d, device=device))
         ys.append(torch.cat(yk) if yk else torch.empty(0, device=device))
-    x, y = torch.stack(xs), torch.stack(ys)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def check_labels(y: torch.Tensor, link_name: str, split: str) -> None:
+    """Refuse non-finite labels (one host synchronisation)."""
     if not bool(torch.isfinite(y).all()):
         raise MimError(f"link {link_name!r} produced non-finite labels on {split}; a link must return finite values")
+
+
+def make_split(seeds, split, n, U, link, link_name, noise, rank, world, device, poll=None):
+    """This rank's shard of a split: x (K, n_local, d), y (K, n_local); ``poll()``, if given, runs
+    after every block."""
+    x, y = make_blocks(seeds, split, local_blocks(n, rank, world), U, link, link_name, noise, device, poll)
+    check_labels(y, link_name, split)
     return x, y

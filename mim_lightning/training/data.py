@@ -12,8 +12,10 @@ import math
 import lightning as L
 import torch
 
-from mim_lightning.core.streams import make_split, max_local_rows, random_subspace
+from mim_lightning.core.streams import BLOCK, check_labels, local_blocks, make_blocks, make_split, max_local_rows, random_subspace
 from mim_lightning.errors import MimError
+
+STREAM_CHUNK = 8192  # samples per streamed chunk when data.chunk_size is 0
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -41,50 +43,87 @@ def check_memory(needed: int, device: torch.device) -> None:
 
 
 class MultiIndexDataModule(L.LightningDataModule):
-    """D1 (stage 1), D2 (stage 2) and a test set for K replicas, generated in ``setup``.
+    """D1 (stage 1), D2 (stage 2) and a test set for K replicas, on the training device.
 
-    ``split`` chooses what ``train_dataloader`` serves ("d1" or "d2"); each batch is one chunk
-    (x (K, c, d), y (K, c)) of this rank's shard, already on the device.
+    Stored (``stream`` false): each split's shard is generated once in ``place``. Streamed
+    (``stream`` true, or "auto" when the stored data would take more than half of the free
+    memory): nothing of size n x d is kept; every pass regenerates its chunks from the seeds, with
+    the same numbers. ``chunks(split)`` yields this rank's shard as chunks (x (K, c, d), y (K, c)),
+    the same number on every rank.
     """
 
-    def __init__(self, seeds, d, r, link, link_name, noise, sizes: dict, chunk_size: int = 0, split_samples: bool = True):
+    def __init__(self, seeds, d, r, link, link_name, noise, sizes: dict, chunk_size: int = 0, split_samples: bool = True,
+                 stream: bool | str = False):
         super().__init__()
         self.seeds, self.d, self.r = list(seeds), d, r
         self.link, self.link_name, self.noise = link, link_name, noise
         self.sizes, self.chunk_size, self.split_samples = dict(sizes), chunk_size, split_samples
+        self.stream = stream
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.U = None
-        self.world = 1
+        self.device, self.rank, self.world, self.streamed = torch.device("cpu"), 0, 1, False
+        self.checked: set[str] = set()
+
+    def stored_bytes(self, world: int) -> int:
+        """Bytes of this rank's stored data (x and y in float32, all splits, all replicas)."""
+        rows = sum(max_local_rows(n, world) for split, n in self.sizes.items() if self.split_samples or split != "d2")
+        return 4 * len(self.seeds) * rows * (self.d + 1)
 
     def place(self, device: torch.device, rank: int = 0, world: int = 1, poll=None) -> None:
-        """Generate this rank's shards on ``device`` (once); ``poll()`` runs between blocks (a stop
-        request raises there, so a slow link cannot hold a signal back)."""
-        if self.tensors:
+        """Choose stored or streamed, draw U and, when stored, generate this rank's shards on
+        ``device`` (once); ``poll()`` runs between blocks (a stop request raises there, so a slow
+        link cannot hold a signal back)."""
+        if self.U is not None:
             return
-        self.world = world
-        rows = sum(max_local_rows(n, world) for split, n in self.sizes.items() if self.split_samples or split != "d2")
-        check_memory(4 * len(self.seeds) * rows * (self.d + 1), device)
-        self.U = torch.stack([random_subspace(s, self.d, self.r, device) for s in self.seeds])
+        self.device, self.rank, self.world = torch.device(device), rank, world
+        free = available_memory(self.device)
+        self.streamed = self.stream is True or (self.stream == "auto" and free is not None
+                                                and self.stored_bytes(world) > free // 2)
+        if not self.streamed:
+            check_memory(self.stored_bytes(world), self.device)
+        self.U = torch.stack([random_subspace(s, self.d, self.r, self.device) for s in self.seeds])
+        if self.streamed:
+            return
         for split, n in self.sizes.items():
             if split == "d2" and not self.split_samples:
                 self.tensors["d2"] = self.tensors["d1"]
                 continue
-            self.tensors[split] = make_split(
-                self.seeds, split, n, self.U, self.link, self.link_name, self.noise, rank, world, device, poll
-            )
+            self.tensors[split] = make_split(self.seeds, split, n, self.U, self.link, self.link_name, self.noise,
+                                             rank, world, self.device, poll)
 
     def setup(self, stage=None):
         """Lightning's hook: on the CPU, one process (``place`` is the way in under Fabric)."""
         self.place(torch.device("cpu"))
 
+    def source(self, split: str) -> str:
+        """The split whose samples ``split`` uses (D2 is D1 without sample splitting)."""
+        return "d1" if split == "d2" and not self.split_samples else split
+
     def n(self, split: str) -> int:
         """Global number of samples in a split (all ranks together)."""
-        return self.sizes["d1" if split == "d2" and not self.split_samples else split]
+        return self.sizes[self.source(split)]
 
-    def chunks(self, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's shard of a split cut into the same number of chunks on every rank."""
-        x, y = self.tensors[split]
+    def chunks(self, split: str):
+        """This rank's shard of a split as chunks, the same number on every rank (a rank with
+        fewer rows gets empty chunks at the end)."""
         rows = max_local_rows(self.n(split), self.world)
-        size = self.chunk_size or rows
-        count = max(1, math.ceil(rows / size))
-        return [(x[:, i * size:(i + 1) * size], y[:, i * size:(i + 1) * size]) for i in range(count)]
+        if not self.streamed:
+            x, y = self.tensors[split]
+            size = self.chunk_size or rows
+            count = max(1, math.ceil(rows / size))
+            return [(x[:, i * size:(i + 1) * size], y[:, i * size:(i + 1) * size]) for i in range(count)]
+        return self.streamed_chunks(self.source(split))
+
+    def streamed_chunks(self, split: str):
+        """Chunks of whole blocks (``chunk_size`` rounded down to blocks, STREAM_CHUNK by default),
+        generated on the fly; labels are checked for finiteness in the first pass only."""
+        per_chunk = max(1, (self.chunk_size or STREAM_CHUNK) // BLOCK)
+        blocks = local_blocks(self.n(split), self.rank, self.world)
+        count = max(1, math.ceil(max_local_rows(self.n(split), self.world) / BLOCK / per_chunk))
+        for i in range(count):
+            group = blocks[i * per_chunk:(i + 1) * per_chunk]
+            x, y = make_blocks(self.seeds, split, group, self.U, self.link, self.link_name, self.noise, self.device)
+            if split not in self.checked:
+                check_labels(y, self.link_name, split)
+            yield x, y
+        self.checked.add(split)

@@ -42,8 +42,9 @@ def make_fabric(cfg: Config, loggers=(), callbacks=()) -> L.Fabric:
 def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: str, first: int, last: int,
               optimizer=None, optimizer_state: dict | None = None) -> None:
     """Full-batch steps ``first``..``last`` of a stage: each step runs ``module.training_step`` on
-    every chunk of this rank's data (gradients accumulate; DDP synchronises them on the last
-    chunk only), then ``module.finish_step(optimizer)``, then the callbacks' ``on_step_end``.
+    every chunk of this rank's data and differentiates what it returns (gradients accumulate; DDP
+    synchronises them on the last chunk only), then ``module.finish_step(optimizer)``, then the
+    callbacks' ``on_step_end``.
     ``optimizer_state`` restores the optimiser of a resumed stage."""
     if optimizer is not None:
         module.select_trained()
@@ -64,7 +65,7 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
                 module.training_step(batch, index)
             else:
                 with fabric.no_backward_sync(wrapped, enabled=following is not None):
-                    wrapped.training_step(batch, index)
+                    fabric.backward(wrapped.training_step(batch, index))
             batch, index = following, index + 1
         module.finish_step(optimizer)
         fabric.call("on_step_end", fabric=fabric, stage=stage, module=module, step=step)

@@ -24,7 +24,7 @@ from mim_lightning.analysis.theory import population_matrix
 from mim_lightning.config import Config, flatten
 from mim_lightning.core.measures import direction_mass
 from mim_lightning.core.network import TwoLayerNetwork
-from mim_lightning.core.spectral import mean_preprocessing, spectral_cosines
+from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.validate import RunComponents, resolve_run_components
 from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
@@ -36,6 +36,7 @@ from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
 
 SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
+DENSE_MAX_D = 4096  # baseline.spectral = auto: the dense eigensolver up to this d
 
 
 @dataclass
@@ -111,7 +112,7 @@ def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabr
     fabric = fabric or make_fabric(cfg)
     dm = MultiIndexDataModule(seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
                               {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
-                              cfg.data.split_samples)
+                              cfg.data.split_samples, cfg.data.stream)
     dm.place(fabric.device, fabric.global_rank, fabric.world_size, poll)
     network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale,
                               signs=cfg.model.signs).to(fabric.device)
@@ -133,9 +134,24 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
     stage1.U = dm.U
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
-    spectral = spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce,
-                                orders=("magnitude", "largest", "smallest"))
-    return shift, spectral
+    return shift, spectral_baseline(cfg, components, dm, shift, reduce)
+
+
+def spectral_method(cfg: Config) -> str:
+    """baseline.spectral resolved: 'auto' is dense up to d = DENSE_MAX_D, else matrix_free."""
+    method = cfg.baseline.spectral
+    return ("dense" if cfg.data.d <= DENSE_MAX_D else "matrix_free") if method == "auto" else method
+
+
+def spectral_baseline(cfg: Config, components, dm, shift: torch.Tensor, reduce) -> dict:
+    """Principal cosines (K, r) of the spectral estimator on D1 with the stage-1 preprocessing, per
+    order ({} when baseline.spectral = off)."""
+    method, orders = spectral_method(cfg), ("magnitude", "largest", "smallest")
+    if method == "off":
+        return {}
+    if method == "dense":
+        return spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
+    return matrix_free_cosines(lambda: dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
 
 
 def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None):
@@ -240,24 +256,26 @@ def log_final(logger, cfg: Config, first: dict) -> None:
         "final/min_principal_cosine": min(first["principal_cosines"]),
         "final/subspace_mass": first["subspace_mass"],
         "final/test_rel_mse": first["test_rel_mse"],
-        "final/spectral_min_principal_cosine": min(first["spectral_principal_cosines"]),
     }
+    if first["spectral_principal_cosines"] is not None:
+        final_metrics["final/spectral_min_principal_cosine"] = min(first["spectral_principal_cosines"])
     hparams = {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()}
     logger.log_hyperparams(hparams, metrics=final_metrics)
     logger.finalize("success")
 
 
 def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_mse, assumptions, timings) -> dict:
-    """The results.json fields of replica k."""
+    """The results.json fields of replica k (spectral fields None when baseline.spectral = off)."""
     final = outputs["history"][-1]
+    spectral = {order: cosines[k] for order, cosines in outputs["spectral"].items()}
     return {
         "principal_cosines": final["principal_cosines"][k],
         "subspace_mass": final["subspace_mass"][k],
         "test_rel_mse": float(test_rel_mse[k]),
-        "spectral_principal_cosines": outputs["spectral"][SPECTRAL_ORDER[cfg.model.signs]][k],
+        "spectral_principal_cosines": spectral.get(SPECTRAL_ORDER[cfg.model.signs]),
         "spectral_order": SPECTRAL_ORDER[cfg.model.signs],
-        "spectral_principal_cosines_magnitude": outputs["spectral"]["magnitude"][k],
-        "spectral_principal_cosines_largest": outputs["spectral"]["largest"][k],
+        "spectral_principal_cosines_magnitude": spectral.get("magnitude"),
+        "spectral_principal_cosines_largest": spectral.get("largest"),
         "direction_mass": outputs["direction_mass"][k],
         "stage2_loss": None if stage2_loss is None else float(stage2_loss[k]),
         "config": cfg.model_dump(),

@@ -1,7 +1,8 @@
 """The two stages of layer-wise training as LightningModules: optimisation only.
 
 A stage is driven by ``training.loop`` on Lightning Fabric: one full-batch gradient step is one
-pass over this rank's chunks of the data. Each chunk's loss is normalised by the global sample
+pass over this rank's chunks of the data; ``training_step`` returns a chunk's share of the
+objective, which the loop differentiates (outside DDP's forward, so DDP's reducer sees it). Each chunk's loss is normalised by the global sample
 count times the world size (DDP averages gradients over ranks, which divides it back out), so
 gradients accumulated over chunks and ranks are exactly the full-batch gradient. Metrics,
 divergence checks and checkpoints are callbacks (``training.callbacks``).
@@ -74,12 +75,12 @@ class Stage1Module(_FullBatchModule):
         return torch.optim.SGD(groups, lr=s1.lr)
 
     def training_step(self, batch, batch_idx):
-        """Backward of one chunk's share of the full-batch loss."""
+        """One chunk's share of the full-batch objective (the loop differentiates it)."""
         x, y = batch
         f = self.network(x)
         per_sample = self.loss(f, y)
-        self.manual_backward((per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale)
         self.accumulate_loss(per_sample)
+        return (per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale
 
     def finish_step(self, optimizer) -> None:
         optimizer.step()
@@ -140,14 +141,15 @@ class Stage2Module(_FullBatchModule):
         self.step_sizes = (self.cfg.stage2.lr / (top + 2 * self.cfg.stage2.ridge)).to(self.network.a.dtype)
 
     def training_step(self, batch, batch_idx):
+        """One chunk's share of the data term (gd, lbfgs), or its part of the normal equations
+        (ridge: nothing to differentiate, returns None)."""
         x, y = batch
         if self.solver == "ridge":
             self.accumulate_normal_equations(x, y)
-            return
-        f = self.network(x)
-        per_sample = self.loss(f, y)
-        self.manual_backward(per_sample.sum() * self.scale)
+            return None
+        per_sample = self.loss(self.network(x), y)
         self.accumulate_loss(per_sample)
+        return per_sample.sum() * self.scale
 
     @torch.no_grad()
     def accumulate_normal_equations(self, x, y) -> None:
