@@ -1,49 +1,99 @@
 """One typed config tree: YAML file + ``--set key=value`` overrides, validated by pydantic.
 
-Every knob of SCIENCE.md section 3 is a key with a default; unknown keys are errors that suggest
+Every knob of the algorithm (docs/theory.md#algorithm) is a key with a default; unknown keys are errors that suggest
 the closest valid key; errors are one line naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.registry import closest
 
+MAX_YAML_BYTES = 1 << 20  # a config file is at most 1 MiB
+MAX_OVERRIDE_CHARS = 10_000  # a --set KEY=VALUE is at most this long
+MAX_YAML_DEPTH = 20  # mappings and lists nested at most this deep
+MAX_ECHO = 80  # values echoed in error messages are cut to this many characters
+MAX_R = 32  # the assumption checks' limit on r (the Hermite expansion of Assumption 1 up to degree 2)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+GPU_PRECISIONS = ("bf16-mixed", "16-mixed")
+PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+FLAGS = {"trainer.accelerator": "--accelerator", "trainer.devices": "--devices", "trainer.strategy": "--strategy",
+         "trainer.num_nodes": "--num-nodes"}
+
+
+def short(value: Any) -> str:
+    """repr(value) at most ``MAX_ECHO`` characters long, in bounded work (nested containers are
+    abbreviated, never expanded: an aliased YAML structure may hold 10^9 elements)."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 3
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 6
+    shortener.maxstring = shortener.maxother = shortener.maxlong = MAX_ECHO
+    try:
+        text = shortener.repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails still gets a name
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
+
+
+def cut(text: str) -> str:
+    """A string cut to ``MAX_ECHO`` characters."""
+    text = str(text)
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
+
+
+def _not_bool(value: Any) -> Any:
+    """Booleans are not numbers here (YAML reads yes/no/on/off/true/false as booleans, and
+    pydantic would take them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not the boolean {str(value).lower()}"
+                         " (YAML reads yes/no/on/off/true/false as booleans)")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]  # ints are accepted; inf and nan are not (allow_inf_nan)
+
+BIG = 2**24  # sizes (d, width, sample counts) are at most 16,777,216
+STEPS = 10**7  # step counts are at most 10,000,000
+LARGE = 1e9  # scales, rates and penalties are at most 1e9
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
-    d: int = Field(128, gt=0, description="input dimension")
-    r: int = Field(2, gt=0, description="dimension of the hidden subspace U (r <= d)")
+    d: Int = Field(128, gt=0, le=BIG, description="input dimension")
+    r: Int = Field(2, gt=0, le=MAX_R, description="dimension of the hidden subspace U (r <= d; r <= 32, the assumption checks' limit)")
     link: str = Field("sum_he2", description="link g (a registered link name)")
-    noise: float = Field(0.0, ge=0, description="std of Gaussian label noise added to g(Ux)")
-    alpha: float = Field(32.0, gt=0, description="stage-1 samples n1 = alpha * d")
-    alpha2: float = Field(32.0, gt=0, description="stage-2 samples n2 = alpha2 * d")
-    n_test: int = Field(4096, ge=2, description="test samples")
+    noise: Float = Field(0.0, ge=0, le=LARGE, description="std of Gaussian label noise added to g(Ux)")
+    alpha: Float = Field(32.0, gt=0, le=BIG, description="stage-1 samples n1 = alpha * d")
+    alpha2: Float = Field(32.0, gt=0, le=BIG, description="stage-2 samples n2 = alpha2 * d")
+    n_test: Int = Field(4096, ge=2, le=BIG, description="test samples")
     split_samples: bool = Field(True, description="fresh samples for stage 2; false reuses D1 as D2 (ablation: no sample splitting)")
-    chunk_size: int = Field(0, ge=0, description="samples per chunk of a full-batch pass (0: all at once); results do not depend on it")
+    chunk_size: Int = Field(0, ge=0, le=2**31, description="samples per chunk of a full-batch pass (0: all at once when stored, 8192 when streamed); results do not depend on it")
+    stream: Literal["auto", True, False] = Field("auto", description="regenerate the data from its seeds in every pass instead of storing it: true, false, or auto (stream when the stored data would take more than half of the free memory)")
 
 
 class ModelConfig(Section):
-    width: int = Field(256, gt=0, description="hidden width m (even: neurons come in symmetric pairs)")
+    width: Int = Field(256, gt=0, le=BIG, description="hidden width m (even: neurons come in symmetric pairs; at least 2 r)")
     activation: str = Field("logcosh", description="activation sigma (a registered activation name)")
-    init_scale: float = Field(1e-6, gt=0, description="norm of each first-layer row at initialisation (eps0)")
+    init_scale: Float = Field(1e-6, gt=0, le=LARGE, description="norm of each first-layer row at initialisation (eps0)")
     signs: Literal["pairs", "positive", "negative"] = Field("pairs", description="second layer at initialisation: symmetric pairs (a = +-1, f = 0; stage 1 ranks directions by |eigenvalue|) or every a_j = +1 / -1 (one sign of the spectrum)")
 
 
 class Stage1Config(Section):
-    loss: str = Field("squared", description="loss whose preprocessing T(y) = -loss'(0, y) stage 1 uses")
-    steps: int = Field(10, gt=0, description="T1, full-batch gradient steps on the first layer")
-    lr: float = Field(1.0, gt=0, description="eta1, the step size")
-    weight_decay: float = Field(1.0, ge=0, description="beta1; eta1 * beta1 = 1 ranks directions by |eigenvalue|")
+    loss: str = Field("huber", description="loss whose preprocessing T(y) = -loss'(0, y) stage 1 uses")
+    steps: Int = Field(10, gt=0, le=STEPS, description="T1, full-batch gradient steps on the first layer")
+    lr: Float = Field(1.0, gt=0, le=LARGE, description="eta1, the step size")
+    weight_decay: Float = Field(1.0, ge=0, le=LARGE, description="beta1; eta1 * beta1 = 1 ranks directions by |eigenvalue|")
     center: bool = Field(True, description="centre T(y) on D1 (adds mean(T) * t to the loss) to remove the isotropic part")
     joint: bool = Field(False, description="ablation: train both layers (W, a, b) jointly by plain GD here and skip stage 2")
 
@@ -51,19 +101,19 @@ class Stage1Config(Section):
 class Stage2Config(Section):
     loss: str = Field("squared", description="loss of the convex second-layer fit")
     solver: Literal["auto", "ridge", "lbfgs", "gd"] = Field("auto", description="ridge (exact, squared loss only), lbfgs or gd; auto picks ridge for squared loss, else lbfgs")
-    ridge: float = Field(1e-3, ge=0, description="beta2, the penalty beta2 * |a|^2")
-    steps: int = Field(100, gt=0, description="iterations of lbfgs or gd")
-    lr: float = Field(1.0, gt=0, description="step size of gd and lbfgs")
+    ridge: Float = Field(1e-3, ge=0, le=LARGE, description="beta2, the penalty beta2 * |a|^2")
+    steps: Int = Field(100, gt=0, le=STEPS, description="iterations of lbfgs or gd")
+    lr: Float = Field(1.0, gt=0, le=LARGE, description="step size of gd and lbfgs")
     bias_init: Literal["normal", "uniform", "zero"] = Field("normal", description="re-initialisation of the biases b: N(0, s^2), U[-s, s] or 0")
-    bias_scale: float = Field(1.0, ge=0, description="s, the scale of the bias re-initialisation")
+    bias_scale: Float = Field(1.0, ge=0, le=LARGE, description="s, the scale of the bias re-initialisation")
     rescale: bool = Field(True, description="rescale each first-layer row w_j to unit norm before the fit")
 
 
 class MetricsConfig(Section):
-    every_n_steps: int = Field(1, gt=0, description="compute stage-1 metrics (top-r singular subspace of W) every k steps; the last step always")
+    every_n_steps: Int = Field(1, gt=0, le=STEPS, description="compute stage-1 metrics (top-r singular subspace of W) every k steps; the last step always")
     subspace: Literal["tracked", "exact"] = Field("tracked", description="W's top-r singular subspace at recorded steps: exact (eigensolver) or tracked (block power iteration from the previous recorded step; steps 0 and T1 are always exact)")
-    tracking_iters: int = Field(30, gt=0, description="at most this many block power iterations per recorded step when subspace = tracked (on the CPU it stops once the subspace moves < 1e-8 in squared sines)")
-    flush_every_n_steps: int = Field(10, gt=0, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
+    tracking_iters: Int = Field(30, gt=0, le=10_000, description="at most this many block power iterations per recorded step when subspace = tracked (on the CPU it stops once the subspace moves < 1e-8 in squared sines)")
+    flush_every_n_steps: Int = Field(10, gt=0, le=STEPS, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
 
 
 class ChecksConfig(Section):
@@ -71,20 +121,57 @@ class ChecksConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_n_steps: int = Field(50, gt=0, description="refresh OUT/checkpoints/last.ckpt at least every k steps of either stage (and at each stage's end)")
+    every_n_steps: Int = Field(50, gt=0, le=STEPS, description="refresh OUT/checkpoints/last.ckpt at least every k steps of either stage (and at each stage's end)")
 
 
 class TrainerConfig(Section):
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto, ...")
-    devices: int | str = Field(1, description="Lightning devices: a count, -1 for all, or 'auto'")
+    devices: int | str = Field(1, description="Lightning devices: a positive count, -1 for all, or 'auto'")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
-    num_nodes: int = Field(1, gt=0, description="number of nodes")
-    precision: str = Field("32-true", description="Lightning precision (stage 1 is fp32 math by default)")
+    num_nodes: Int = Field(1, gt=0, le=100_000, description="number of nodes")
+    precision: str = Field("32-true", description="32-true, or on a GPU bf16-mixed or 16-mixed (stage 1 is fp32 math by default)")
     matmul_precision: Literal["highest", "high", "medium"] = Field("highest", description="torch.set_float32_matmul_precision: 'high' allows TF32 matmuls on NVIDIA GPUs (about 3 decimal digits), 'medium' bf16")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value):
+        allowed = "must be a positive integer, -1 (all devices) or 'auto'"
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if isinstance(value, str) and value.strip() == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or 1 <= value <= 100_000):
+            raise ValueError(allowed)
+        return value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            value = PRECISION_ALIASES.get(value.strip(), value.strip())
+            if value in PRECISIONS:
+                return value
+        why = " (stage 1 runs in float32)" if str(value).startswith("64") else ""
+        raise ValueError(f"not supported{why}; allowed: 32-true, and on a GPU bf16-mixed or 16-mixed")
+
+    def resolves_to_cpu(self) -> bool:
+        """Whether the accelerator is the CPU: 'cpu', or 'auto' on a machine without CUDA."""
+        accelerator = self.accelerator.strip().lower()
+        if accelerator == "auto":
+            import torch  # only here: the config module stays light to import
+
+            return not torch.cuda.is_available()
+        return accelerator == "cpu"
+
+
+class BaselineConfig(Section):
+    spectral: Literal["auto", "dense", "matrix_free", "off"] = Field("auto", description="spectral baseline: dense (form Sigmahat, d x d, and diagonalise it), matrix_free (block Krylov on v -> Sigmahat v in streaming passes, memory O(d r)), off, or auto (dense up to d = 4096)")
 
 
 class Config(Section):
-    seed: int = Field(0, ge=0, description="seed of U, the data and the initialisation")
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="seed of U, the data and the initialisation")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     stage1: Stage1Config = Stage1Config()
@@ -93,6 +180,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     trainer: TrainerConfig = TrainerConfig()
     checks: ChecksConfig = ChecksConfig()
+    baseline: BaselineConfig = BaselineConfig()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -103,6 +191,16 @@ class Config(Section):
                 raise ValueError(f"{key} * data.d gives {n} samples; at least 2 are needed")
         if self.model.width % 2 and self.model.signs == "pairs":
             raise ValueError(f"model.width = {self.model.width} must be even when model.signs = pairs")
+        need = 2 * self.data.r if self.model.signs == "pairs" else self.data.r
+        if self.model.width < need:
+            per = "2 * data.r (each symmetric pair spans one direction)" if self.model.signs == "pairs" else "data.r"
+            raise ValueError(f"model.width = {self.model.width} is too small for data.r = {self.data.r}:"
+                             f" it must be at least {per} = {need}")
+        if self.trainer.precision in GPU_PRECISIONS and self.trainer.resolves_to_cpu():
+            why = " (no CUDA GPU here)" if self.trainer.accelerator.strip().lower() == "auto" else ""
+            raise ValueError(f"trainer.precision = {self.trainer.precision} needs a GPU, but trainer.accelerator ="
+                             f" {self.trainer.accelerator} resolves to the CPU{why}; use trainer.precision=32-true"
+                             " or --accelerator gpu")
         return self
 
     @property
@@ -128,56 +226,143 @@ def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader for config text: no aliases (an alias bomb expands to 10^9 nodes), at most
+    ``MAX_YAML_DEPTH`` levels of nesting (deeper text would exhaust Python's recursion), no
+    duplicate keys (YAML would silently keep the last one). Violations raise MimError."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise MimError(f"YAML alias *{cut(event.anchor)} at line {event.start_mark.line + 1}:"
+                           " aliases are not supported in configs; write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise MimError(f"nested more than {MAX_YAML_DEPTH} levels deep at line {mark.line + 1};"
+                               " a config nests sections one level (data: {d: 128})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise MimError(f"duplicate key {short(key)} at line {line} (first at line {seen[key]});"
+                                   " give each key once")
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str):
+    """The value of YAML text, read by ``_BoundedLoader`` (MimError for aliases, deep nesting,
+    duplicate keys; yaml.YAMLError for malformed text)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise MimError(f"unreadable value ({cut(' '.join(str(exc).split()))})") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'data.d=256' -> ('data.d', 256); the value is parsed as YAML."""
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise MimError(f"--set {short(text)}: {len(text)} characters; an override is at most {MAX_OVERRIDE_CHARS}")
     if "=" not in text:
-        raise MimError(f"--set {text!r}: expected KEY=VALUE, e.g. --set data.d=256")
+        raise MimError(f"--set {short(text)}: expected KEY=VALUE, e.g. --set data.d=256")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = parse_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    except MimError as exc:
+        raise MimError(f"--set {short(text)}: {exc}") from None
     return key.strip(), value
 
 
+def _merge(node: dict, key: str, value: Any) -> None:
+    """node[key] = value, except that a mapping given to a mapping merges into it, key by key."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for k, v in value.items():
+            _merge(node[key], k, v)
+    else:
+        node[key] = value
+
+
 def set_dotted(tree: dict, key: str, value: Any) -> None:
-    """Set tree[a][b][c] = value for key 'a.b.c', creating mappings on the way."""
+    """Set tree[a][b][c] = value for key 'a.b.c', creating mappings on the way. A mapping given to a
+    section merges into it (--set 'data={d: 16}' keeps earlier data.* overrides)."""
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise MimError(f"config key {key!r}: {part!r} is a value, not a section")
+            raise MimError(f"config key {short(key)}: {short(part)} is a value, not a section")
         node = child
-    node[parts[-1]] = value
+    _merge(node, parts[-1], value)
 
 
 def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML file ({} for an empty file)."""
     path = Path(path)
+    name = short(str(path))
     if not path.is_file():
-        raise MimError(f"config file {str(path)!r} does not exist")
+        raise MimError(f"config file {name} does not exist")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise MimError(f"config file {name} is {size / 2**20:.1f} MiB; a config file is at most {MAX_YAML_BYTES // 2**20} MiB")
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = path.read_bytes()[: MAX_YAML_BYTES + 1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MimError(f"config file {name} is not UTF-8 text") from None
+    try:
+        tree = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise MimError(f"config file {str(path)!r} is not valid YAML{where}") from None
+        raise MimError(f"config file {name} is not valid YAML{where}") from None
+    except MimError as exc:
+        raise MimError(f"config file {name}: {exc}") from None
     if tree is None:
-        raise MimError(f"config file {str(path)!r} is empty; give at least one key, e.g. 'data: {{d: 128}}'")
+        raise MimError(f"config file {name} is empty; give at least one key, e.g. 'data: {{d: 128}}'")
     if not isinstance(tree, dict):
-        raise MimError(f"config file {str(path)!r} must hold a mapping of keys, got a {type(tree).__name__}")
+        raise MimError(f"config file {name} must hold a mapping of keys, got a {type(tree).__name__}")
     return tree
 
 
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(p) for p in error["loc"])
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"unknown config key {key!r}{closest(key, all_keys())}"
+        dotted = next((part for part in loc if "." in part), None)
+        if dotted is not None:
+            nested = ": {".join(dotted.split(".")) + ": ..." + "}" * dotted.count(".")
+            return (f"unknown config key {short(dotted)}: YAML nests keys, write '{cut(nested)}'"
+                    f" (dotted keys are for --set {cut(dotted)}=...)")
+        return f"unknown config key {short(key)}{closest(key, all_keys())}"
     if not key:
-        return f"invalid config: {error['msg'].removeprefix('Value error, ')}"
-    return f"config key {key!r}: {error['msg']} (got {error.get('input')!r})"
+        return f"invalid config: {message}"
+    flag = f" ({FLAGS[key]})" if key in FLAGS else ""
+    return f"config key {short(key)}{flag}: {message} (got {short(error.get('input'))})"
 
 
 def build_config(tree: dict) -> Config:
