@@ -160,7 +160,13 @@ def train(config, overrides, out, resume, accelerator, devices, strategy, num_no
 
 
 def run_in_folder(cfg, folder, resume: bool) -> None:
-    """Plan, lock the folder, train, and record the outcome in it (rank zero writes)."""
+    """Plan, lock the folder, train, and record the outcome in it (rank zero writes). Components
+    are looked up and probed before the training stack (Lightning) is imported: bad names answer
+    fast."""
+    from mim_lightning.plugins.validate import resolve_run_components
+
+    components = resolve_run_components(cfg)
+
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from mim_lightning.training.checkpoints import Interrupted, StopRequest
@@ -168,7 +174,7 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
 
     quiet_lightning()
     is_zero = rank_zero_only.rank == 0
-    plan = plan_run(cfg, warn=is_zero)  # warnings; with checks.strict, refusal
+    plan = plan_run(cfg, warn=is_zero, components=components)  # warnings; with checks.strict, refusal
     lock = folder.locked() if is_zero else contextlib.nullcontext()
     with lock, StopRequest() as stop:
         if is_zero:

@@ -149,8 +149,12 @@ def test_diverging_learning_rate(tmp_path):
 
 
 def test_out_of_memory_is_refused_before_allocating(tmp_path):
-    check_one_line(invoke(tmp_path, *sets("data.d=100000", "data.alpha=100000", "data.alpha2=1")), tmp_path,
-                   "the data needs about", "GiB", "lower data.d")
+    check_one_line(invoke(tmp_path, *sets("data.d=100000", "data.alpha=100000", "data.alpha2=1", "data.stream=false")),
+                   tmp_path, "the run needs about", "GiB", "the largest part is data", "data.stream=true")
+    # the weights count too (a width that alone exceeds the memory)
+    check_one_line(invoke(tmp_path, *sets("data.d=2000000", "model.width=8192", "data.alpha=1", "data.alpha2=1",
+                                          "data.n_test=16", "data.r=2")),
+                   tmp_path, "the largest part is weights", "model.width")
 
 
 def test_resume_of_a_directory_without_a_run(tmp_path):

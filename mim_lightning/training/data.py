@@ -13,33 +13,9 @@ import lightning as L
 import torch
 
 from mim_lightning.core.streams import BLOCK, check_labels, local_blocks, make_blocks, make_split, max_local_rows, random_subspace
-from mim_lightning.errors import MimError
+from mim_lightning.training.memory import available_memory
 
 STREAM_CHUNK = 8192  # samples per streamed chunk when data.chunk_size is 0
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on the device (GPU: the CUDA allocator's view; CPU: MemAvailable), None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(needed: int, device: torch.device) -> None:
-    """Refuse, with one line, a run whose data alone would not fit on the device."""
-    free = available_memory(device)
-    if free is not None and needed > free:
-        raise MimError(
-            f"the data needs about {needed / 2**30:.1f} GiB on {device.type} but {free / 2**30:.1f} GiB are free: "
-            f"lower data.d, data.alpha, data.alpha2 or data.n_test (data.chunk_size bounds the activations, not the data)"
-        )
 
 
 class MultiIndexDataModule(L.LightningDataModule):
@@ -69,18 +45,29 @@ class MultiIndexDataModule(L.LightningDataModule):
         rows = sum(max_local_rows(n, world) for split, n in self.sizes.items() if self.split_samples or split != "d2")
         return 4 * len(self.seeds) * rows * (self.d + 1)
 
-    def place(self, device: torch.device, rank: int = 0, world: int = 1, poll=None) -> None:
-        """Choose stored or streamed, draw U and, when stored, generate this rank's shards on
-        ``device`` (once); ``poll()`` runs between blocks (a stop request raises there, so a slow
-        link cannot hold a signal back)."""
-        if self.U is not None:
-            return
+    def choose(self, device: torch.device, rank: int = 0, world: int = 1) -> None:
+        """Fix the device and this rank's shard, and choose stored or streamed."""
         self.device, self.rank, self.world = torch.device(device), rank, world
         free = available_memory(self.device)
         self.streamed = self.stream is True or (self.stream == "auto" and free is not None
                                                 and self.stored_bytes(world) > free // 2)
-        if not self.streamed:
-            check_memory(self.stored_bytes(world), self.device)
+
+    def largest_chunk(self) -> int:
+        """Rows of the largest chunk of any pass."""
+        rows = max(max_local_rows(n, self.world) for n in self.sizes.values())
+        if self.streamed:
+            return min(rows, max(1, (self.chunk_size or STREAM_CHUNK) // BLOCK) * BLOCK)
+        return min(rows, self.chunk_size or rows)
+
+    def place(self, device: torch.device | None = None, rank: int = 0, world: int = 1, poll=None) -> None:
+        """Draw U and, when stored, generate this rank's shards (once; ``choose`` first, unless
+        ``device`` is given); ``poll()`` runs between blocks (a stop request raises there, so a
+        slow link cannot hold a signal back)."""
+        if self.U is not None:
+            return
+        if device is not None:
+            self.choose(device, rank, world)
+        rank, world = self.rank, self.world
         self.U = torch.stack([random_subspace(s, self.d, self.r, self.device) for s in self.seeds])
         if self.streamed:
             return

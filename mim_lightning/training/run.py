@@ -31,6 +31,7 @@ from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, Ste
 from mim_lightning.training.checkpoints import CHECKPOINT, StopRequest, load_checkpoint
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.training.loop import fit_stage, make_fabric
+from mim_lightning.training.memory import check_run_memory, run_memory
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
@@ -63,12 +64,12 @@ def solver_for(cfg: Config, replicas: int = 1) -> str:
     return solver
 
 
-def plan_run(cfg: Config, check: bool = True, warn: bool = False) -> RunPlan:
+def plan_run(cfg: Config, check: bool = True, warn: bool = False, components: RunComponents | None = None) -> RunPlan:
     """Everything checkable before compute: component names, the components on probe inputs, the
     solver, the trainer settings, and (``check``) the assumption checks of the link, stage-1 loss
     and activation: each violation a one-line warning on stderr (``warn``), and with
-    ``checks.strict`` a MimError."""
-    components = resolve_run_components(cfg)
+    ``checks.strict`` a MimError. ``components``: already looked up and probed."""
+    components = components or resolve_run_components(cfg)
     plan = RunPlan(components, solver_for(cfg))
     make_fabric(cfg)
     if check:
@@ -113,7 +114,10 @@ def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabr
     dm = MultiIndexDataModule(seeds, cfg.data.d, cfg.data.r, components.link, cfg.data.link, cfg.data.noise,
                               {"d1": cfg.n1, "d2": cfg.n2, "test": cfg.data.n_test}, cfg.data.chunk_size,
                               cfg.data.split_samples, cfg.data.stream)
-    dm.place(fabric.device, fabric.global_rank, fabric.world_size, poll)
+    dm.choose(fabric.device, fabric.global_rank, fabric.world_size)
+    check_run_memory(run_memory(cfg, len(seeds), dm.stored_bytes(fabric.world_size), dm.largest_chunk(), dm.streamed,
+                                spectral_method(cfg)), fabric.device)
+    dm.place(poll=poll)
     network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, components.activation, cfg.model.init_scale,
                               signs=cfg.model.signs).to(fabric.device)
     return components, dm, network
