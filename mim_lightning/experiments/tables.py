@@ -94,11 +94,11 @@ def rows_of(sweep: Sweep, results: dict[str, dict]) -> list[dict]:
     (the key), in grid order."""
     rows = []
     for run in sweep.runs:
-        cfg = run.cfg
-        weakest = weakest_eigenspace_of(cfg.data.link, cfg.stage1.loss, cfg.data.r)
+        cfg, res = run.cfg, results[run.key]
+        weakest = weakest_eigenspace_of(cfg.data.link, cfg.stage1.loss, cfg.data.r) if "direction_mass" in res else None
         row = dict(run.values)
-        row.update(metrics_of(results[run.key], weakest))
-        row["status"] = results[run.key].get("failed", "ok")
+        row.update(metrics_of(res, weakest))
+        row["status"] = res.get("failed", "ok")
         row["run"] = run.key
         rows.append(row)
     return rows
