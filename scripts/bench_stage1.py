@@ -3,7 +3,8 @@
 Both do the same full-batch gradient descent on the first layer (same data, same network, same
 autograd maths) on the same device. The framework's per-step time is measured as
 (time of a fit with 2T steps - time of a fit with T steps) / T, which cancels the one-off costs
-(Trainer set-up, data generation, the spectral baseline); the loop's likewise. Runs are
+(set-up, the first recorded step); the loop's likewise. The framework's fit is the stage-1 loop of
+``mim train`` with its default per-step metrics, TensorBoard logging and divergence guard. Runs are
 interleaved and repeated; medians are reported. Prints a table and writes JSON.
 
     python scripts/bench_stage1.py                      # CPU, the default grid
@@ -15,12 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 
 import torch
 
+from lightning.fabric.loggers import TensorBoardLogger
+
 from mim_lightning.config import load_config
-from mim_lightning.training.run import build, make_trainer
+from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory
+from mim_lightning.training.loop import fit_stage, make_fabric
+from mim_lightning.training.run import build
 from mim_lightning.training.stages import Stage1Module
 
 
@@ -37,23 +43,25 @@ def config(d: int, alpha: float, width: int, steps: int, device: str, extra=()):
 
 
 def framework_fit_seconds(cfg) -> float:
-    """Wall time of one stage-1 fit (data generated beforehand, outside the timing)."""
-    components, dm, network = build(cfg)
-    module = Stage1Module(network, components.stage1_loss, cfg)
-    trainer = make_trainer(cfg, cfg.stage1.steps, logger=None)
-    dm.trainer = trainer
-    dm.setup("fit")
-    sync(cfg.trainer.accelerator == "gpu" and "cuda" or "cpu")
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    sync("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-    return time.perf_counter() - start
+    """Wall time of one stage-1 fit as ``mim train`` runs it (Fabric loop, default per-step metrics,
+    TensorBoard logging, the divergence guard); data generated beforehand, outside the timing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = TensorBoardLogger(tmp, name="tensorboard", version="")
+        fabric = make_fabric(cfg, [logger], [MetricHistory(cfg, logger.log_metrics), DivergenceGuard(cfg)])
+        components, dm, network = build(cfg, fabric=fabric)
+        module = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), 1, lambda t: t,
+                              torch.zeros(1, device=fabric.device))
+        module.U = dm.U
+        sync(fabric.device.type)
+        start = time.perf_counter()
+        fit_stage(fabric, module, lambda: dm.chunks("d1"), "stage1", 1, cfg.stage1.steps, module.configure_optimizers())
+        sync(fabric.device.type)
+        return time.perf_counter() - start
 
 
 def hand_loop_seconds(cfg, device: str) -> float:
     """The loop a researcher would write: same data, same init, same update, nothing else."""
     components, dm, network = build(cfg)
-    dm.setup("fit")
     x, y = (t.to(device) for t in dm.tensors["d1"])
     network = network.to(device)
     W = network.W
@@ -99,7 +107,7 @@ def matmul_seconds(d: int, n: int, m: int, device: str, repeats: int = 10) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", nargs="+", default=["256:8:256", "512:8:512", "1024:8:512"],
+    parser.add_argument("--sizes", nargs="+", default=["64:8:64", "256:8:256", "512:8:512", "1024:8:512"],
                         help="d:alpha:width triples")
     parser.add_argument("--steps", type=int, default=10, help="T: fits of T and 2T steps are compared")
     parser.add_argument("--repeats", type=int, default=5)

@@ -17,7 +17,7 @@ def test_one_stage1_step_is_power_iteration(signs):
     """Quadratic activation, tiny init (f = 0 exactly for pairs, O(eps^2) otherwise):
     W1 = (1 - eta beta) W0 - eta diag(a) W0 Sigmahat, Sigmahat = (1/n) sum_i (loss'(0, y_i) + mean T) x_i x_i^T."""
     cfg = tiny_config("model.activation=quadratic", "stage1.steps=1", "stage1.lr=0.7", f"model.signs={signs}",
-                      "stage1.weight_decay=0.4", "data.link=z1z2", "model.init_scale=1e-5")
+                      "stage1.weight_decay=0.4", "data.link=z1z2", "model.init_scale=1e-5", "stage1.loss=squared")
     components, dm, network = build(cfg)
     if signs != "pairs":
         assert (network.a == (1.0 if signs == "positive" else -1.0)).all()
@@ -94,7 +94,8 @@ def test_lbfgs_reaches_the_ridge_solution_for_squared_loss():
 def test_divergence_names_the_stage_step_and_knob(tmp_path):
     from mim_lightning.training.run import train
 
-    cfg = tiny_config("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1", "stage1.steps=40")
+    cfg = tiny_config("stage1.lr=1e6", "stage1.weight_decay=0", "model.init_scale=1", "stage1.steps=40",
+                      "stage1.loss=squared")
     with pytest.raises(MimError, match=r"stage 1 diverged by step \d+.*stage1.lr"):
         train(cfg, tmp_path)
 

@@ -8,13 +8,15 @@ counted from 1 (0 is the initialisation).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from mim_lightning.config import Config
-from mim_lightning.core.measures import cosines_from_overlap, refine_subspace, subspace_mass, top_right_singular
+from mim_lightning.core.measures import (cosines_from_overlap, direction_mass, frobenius, refine_subspace, subspace_mass,
+                                         top_right_singular)
 from mim_lightning.errors import MimError
 from mim_lightning.training.checkpoints import Interrupted, StopRequest, save_checkpoint
 
@@ -24,72 +26,110 @@ VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) h
 
 
 class MetricHistory:
-    """Stage 1: subspace mass and principal cosines of W every ``metrics.every_n_steps`` steps (and
-    at 0 and T1), recorded on the device (no host synchronisation per step) and flushed to the host
-    and the logger every ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
+    """Stage 1: subspace mass, principal cosines, |W|_F, mass along M's eigenvectors and the loss,
+    every ``metrics.every_n_steps`` steps (and at 0 and T1), recorded on the device (no host
+    synchronisation per step) and flushed to the host and the loggers every
+    ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
     Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
 
+    ``log``: ``log(values, step)`` receiving replica 0's metrics, or a sequence of such callables
+    (or None), one per replica. ``directions``: M's eigenvectors as columns (r, r), by |eigenvalue|
+    descending, for ``stage1/direction_mass_<k>`` (None: not logged). Tags: README.md#tensorboard.
+
     ``rows``: the flushed history, one dict per recorded step with ``step``, ``subspace_mass`` (K,)
-    and ``principal_cosines`` (K, r) as lists.
+    and ``principal_cosines`` (K, r), ``weight_norm`` (K,) and ``loss`` (K,) or None, as lists.
     """
 
-    def __init__(self, cfg: Config, log: Callable[[dict, int], None]):
-        self.cfg, self.log, self.U = cfg, log, None
+    def __init__(self, cfg: Config, log, directions=None):
+        self.cfg, self.U = cfg, None
+        self.logs = {0: log} if callable(log) else {k: f for k, f in enumerate(log) if f is not None}
         self.rows: list[dict] = []
-        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.pending: list[tuple] = []
         self.basis = None
+        self.directions, self.eigenbasis = directions, None
 
     @torch.no_grad()
     def record(self, W: torch.Tensor, step: int, loss: torch.Tensor | None) -> None:
-        """Append step's mass, overlap Q U^T (K, r, r) and loss, on the device."""
+        """Append step's mass, overlap Q U^T (K, r, r), |W|_F, mass per eigenvector of M and loss,
+        on the device."""
         mass = subspace_mass(W, self.U)                  # NaN when W is not finite
-        self.pending.append((step, mass, torch.bmm(self.subspace(W, step), self.U.transpose(1, 2)), loss))
+        along = None if self.eigenbasis is None else direction_mass(W, self.eigenbasis)
+        self.pending.append((step, mass, torch.bmm(self.subspace(W, step), self.U.transpose(1, 2)), loss,
+                             frobenius(W), along))
 
     def subspace(self, W: torch.Tensor, step: int) -> torch.Tensor:
         """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1 (and always with
         metrics.subspace = exact), otherwise tracked from the previous recorded step."""
         r, metrics = self.U.shape[1], self.cfg.metrics
+        finite = torch.isfinite(W).flatten(1).all(-1).view(-1, 1, 1)   # eigensolvers fail on NaN: NaN out instead
+        W = torch.where(finite, W, torch.ones_like(W))
         if metrics.subspace == "exact" or step in (0, self.cfg.stage1.steps) or self.basis is None:
             width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:])
-            finite = torch.isfinite(W).flatten(1).all(-1).view(-1, 1, 1)   # an eigensolver fails on NaN
-            self.basis = top_right_singular(torch.where(finite, W, torch.ones_like(W)), width).transpose(1, 2)
-            self.basis = torch.where(finite, self.basis, float("nan"))
+            self.basis = top_right_singular(W, width).transpose(1, 2)
         else:
             tol = TRACKING_TOL if W.device.type == "cpu" else None  # a check would sync a GPU
-            self.basis = refine_subspace(W, self.basis, metrics.tracking_iters, r, tol)
+            self.basis = refine_subspace(W, torch.where(torch.isfinite(self.basis), self.basis, 1.0),
+                                         metrics.tracking_iters, r, tol)
+        self.basis = torch.where(finite, self.basis, float("nan"))
         return self.basis[..., :r].transpose(1, 2)
 
     def flush(self) -> None:
         """Move pending rows to the host (one synchronisation) and log them."""
         if not self.pending:
             return
-        steps = [p[0] for p in self.pending]
-        mass = torch.stack([p[1] for p in self.pending]).cpu()
-        overlaps = torch.stack([p[2] for p in self.pending]).cpu()
-        losses = [None if p[3] is None else float(p[3][0]) for p in self.pending]
-        self.pending = []
+        pending, self.pending = self.pending, []
+        steps = [p[0] for p in pending]
+        mass = torch.stack([p[1] for p in pending]).cpu()
+        overlaps = torch.stack([p[2] for p in pending]).cpu()
+        norms = torch.stack([p[4] for p in pending]).double().cpu()
+        along = None if pending[0][5] is None else torch.stack([p[5] for p in pending]).cpu()
+        with_loss = [i for i, p in enumerate(pending) if p[3] is not None]
+        stacked = torch.stack([pending[i][3] for i in with_loss]).double().cpu().tolist() if with_loss else []
+        losses = [None] * len(pending)
+        for i, loss in zip(with_loss, stacked, strict=True):
+            losses[i] = loss
         recorded = torch.isfinite(overlaps).flatten(1).all(-1) & torch.isfinite(mass).all(-1)
         cosines = torch.full(overlaps.shape[:-1], float("nan"))
         cosines[recorded] = cosines_from_overlap(overlaps[recorded])
         for i, step in enumerate(steps):
-            values = {} if losses[i] is None else {"stage1/loss": losses[i]}
+            previous = self.rows[-1] if self.rows else None
+            first_loss = next((row["loss"] for row in self.rows if row.get("loss") is not None), losses[i])
             if recorded[i]:
-                values["stage1/subspace_mass"] = float(mass[i, 0])
-                values.update({f"stage1/principal_cosine_{k + 1}": float(c) for k, c in enumerate(cosines[i, 0])})
-                self.rows.append({"step": step, "subspace_mass": mass[i].tolist(), "principal_cosines": cosines[i].tolist()})
-            if values:
-                self.log(values, step)
+                self.rows.append({"step": step, "subspace_mass": mass[i].tolist(), "principal_cosines": cosines[i].tolist(),
+                                  "weight_norm": norms[i].tolist(), "loss": losses[i]})
+            for k, log in self.logs.items():
+                values = {}
+                if losses[i] is not None:
+                    values["stage1/loss"] = losses[i][k]
+                    values["stage1/loss_change"] = losses[i][k] - first_loss[k]
+                if recorded[i]:
+                    values["stage1/subspace_mass"] = float(mass[i, k])
+                    values.update({f"stage1/principal_cosine_{j + 1}": float(c) for j, c in enumerate(cosines[i, k])})
+                    if along is not None:
+                        values.update({f"stage1/direction_mass_{j + 1}": float(m) for j, m in enumerate(along[i, k])})
+                    norm = float(norms[i, k])
+                    values["stage1/log10_weight_norm"] = math.log10(max(norm, VANISHED))
+                    if previous is not None and previous.get("weight_norm") and step > previous["step"]:
+                        before = max(previous["weight_norm"][k], VANISHED)
+                        values["stage1/weight_growth"] = (norm / before) ** (1 / (step - previous["step"]))
+                if values:
+                    log(values, step)
 
     def on_stage_start(self, fabric, stage: str, module) -> None:
         if stage != "stage1":
             return
         self.U = module.U
+        if self.directions is not None:  # M's eigenvectors in R^d: rows (K, r, d), by |eigenvalue| descending
+            vectors = torch.as_tensor(self.directions, dtype=self.U.dtype, device=self.U.device)
+            self.eigenbasis = torch.einsum("lk,nld->nkd", vectors, self.U)
         if not self.rows:
             self.record(module.network.W.detach(), 0, None)
 
     def on_step_end(self, fabric, stage: str, module, step: int) -> None:
         if stage != "stage1":
-            self.log({"stage2/loss": float(module.last_loss[0])}, step)
+            losses = module.last_loss.tolist()
+            for k, log in self.logs.items():
+                log({"stage2/loss": losses[k]}, step)
             return
         metrics = self.cfg.metrics
         if step % metrics.every_n_steps == 0 or step == self.cfg.stage1.steps:
