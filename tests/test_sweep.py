@@ -333,7 +333,7 @@ def test_variants_are_named_bundles_of_overrides(tmp_path):
 
 def test_a_run_that_fails_is_recorded_and_the_sweep_goes_on(tmp_path):
     grid = {"stage1.lr": [0.001, 1e6], "seed": [0]}
-    path = write_sweep(tmp_path / "diverge.yaml", grid, stage1={"steps": 40, "weight_decay": 0.0},
+    path = write_sweep(tmp_path / "diverge.yaml", grid, stage1={"steps": 40, "weight_decay": 0.0, "loss": "squared"},
                        model={"width": 32, "init_scale": 1.0})
     result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -405,7 +405,7 @@ def test_other_errors_of_a_batched_group_stop_the_sweep(tmp_path, monkeypatch):
 
 
 def test_a_sweep_whose_runs_all_fail_exits_non_zero(tmp_path):
-    path = write_sweep(tmp_path / "diverge.yaml", {"stage1.lr": [1e6]}, stage1={"steps": 40, "weight_decay": 0.0},
+    path = write_sweep(tmp_path / "diverge.yaml", {"stage1.lr": [1e6]}, stage1={"steps": 40, "weight_decay": 0.0, "loss": "squared"},
                        model={"width": 32, "init_scale": 1.0})
     result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "all 1 runs of the sweep failed" in result.output
