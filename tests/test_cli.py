@@ -73,7 +73,8 @@ def test_metrics_every_k_steps(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["data.d=-5"], "config key 'data.d': Input should be greater than 0"),
     (["data.d=0"], "config key 'data.d'"),
-    (["data.r=40"], "data.r = 40 must be <= data.d = 32"),
+    (["data.d=16", "data.r=20"], "data.r = 20 must be <= data.d = 16"),
+    (["data.r=40"], "config key 'data.r': Input should be less than or equal to 32 (got 40)"),
     (["data.alhpa=3"], "unknown config key 'data.alhpa' (did you mean 'data.alpha'?)"),
     (["dta.d=3"], "unknown config key 'dta'"),
     (["data.link=z1z3"], "data.link: unknown link 'z1z3' (did you mean 'z1z2'?); available: he2,"),
@@ -112,6 +113,7 @@ def test_bad_config_files(tmp_path):
 def test_acceptance_quickstart_recovers_both_directions(tmp_path):
     result = run("train", "--out", tmp_path)
     assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr  # the defaults are inside the theory
     results = json.loads((tmp_path / "results.json").read_text())
     assert min(results["principal_cosines"]) >= 0.8
     assert results["test_rel_mse"] < 0.5

@@ -78,14 +78,14 @@ CONFIG_CASES = [
     (["data.alhpa=3"], ["data.alhpa", "did you mean 'data.alpha'"]),
     (["optimizer.lr=3"], ["unknown config key 'optimizer'"]),
     (["data=5"], ["'data'", "dictionary"]),
-    (["data.r=33"], ["data.r = 33 must be <= data.d = 32"]),
+    (["data.d=8", "data.r=9"], ["data.r = 9 must be <= data.d = 8"]),
     (["data.alpha2=0.01"], ["data.alpha2 * data.d gives 0 samples"]),
     (["data.n_test=1"], ["data.n_test", "greater than or equal to 2"]),
     (["model.width=31"], ["model.width = 31 must be even"]),
     (["seed=-1"], ["seed"]),
     (["stage1.steps=0"], ["stage1.steps", "greater than 0"]),
     (["stage1.center=maybe"], ["stage1.center", "boolean"]),
-    (["trainer.devices=0"], ["trainer settings", "devices=0"]),
+    (["trainer.devices=0"], ["trainer.devices' (--devices)", "positive integer, -1 (all devices) or 'auto'"]),
     (["trainer.strategy=warp"], ["trainer settings", "strategy='warp'"]),
     (["data.link=z1z3"], ["data.link: unknown link 'z1z3'", "available:"]),
     (["model.activation=gelu"], ["model.activation: unknown activation 'gelu'", "available:"]),
@@ -115,17 +115,22 @@ def test_missing_config_file_and_bad_override(tmp_path):
     check_one_line(invoke(tmp_path, "--set", "data.d"), tmp_path, "expected KEY=VALUE")
 
 
+WRONG_SHAPE = ("link 'wrong_shape' returned shape (2, 16, 2) for z of shape (2, 16, 2); a link must map z of shape"
+               " (..., r) to y of shape (...)")
+
+
 @pytest.mark.parametrize("overrides, needles", [
-    (["data.link=wrong_shape"], ["data.link 'wrong_shape' returned shape (2, 16, 2)", "elementwise"]),
-    (["data.link=nan_link"], ["data.link 'nan_link' returned NaN or inf"]),
-    (["data.link=inf_link"], ["data.link 'inf_link' returned NaN or inf"]),
-    (["data.link=raising_link"], ["data.link 'raising_link' raised AttributeError"]),
-    (["data.link=inf_far_out"], ["link 'inf_far_out'", "non-finite"]),  # finite on the probe, not on data
-    (["stage1.loss=raising_loss"], ["stage1.loss 'raising_loss' raised ValueError: boom"]),
-    (["stage2.loss=detached_loss", "stage2.solver=gd"], ["stage2.loss 'detached_loss' is not differentiable in t"]),
-    (["stage1.loss=scalar_loss"], ["stage1.loss 'scalar_loss' returned shape ()"]),
-    (["model.activation=raising_act"], ["model.activation 'raising_act' raised RuntimeError"]),
-    (["model.activation=sign_act"], ["model.activation 'sign_act' is not differentiable in u"]),
+    (["data.link=wrong_shape"], ["data.link: " + WRONG_SHAPE]),
+    (["data.link=nan_link"], ["data.link: link 'nan_link' returned NaN or inf for z of shape (2, 16, 2)"]),
+    (["data.link=inf_link"], ["data.link: link 'inf_link' returned NaN or inf"]),
+    (["data.link=raising_link"], ["data.link: link 'raising_link' raised AttributeError for z of shape (2, 16, 2)"]),
+    (["data.link=inf_far_out"], ["link 'inf_far_out' returned NaN or inf for z of shape"]),  # finite on the probe, not on data
+    (["stage1.loss=raising_loss"], ["stage1.loss: loss 'raising_loss' raised ValueError for t and y of shape (2, 16): boom"]),
+    (["stage2.loss=detached_loss", "stage2.solver=gd"], ["stage2.loss: loss 'detached_loss' is not differentiable in t"]),
+    (["stage1.loss=scalar_loss"], ["stage1.loss: loss 'scalar_loss' returned shape () for t and y of shape (2, 16);"
+                                   " a loss must map t and y of one shape to per-sample values of that shape"]),
+    (["model.activation=raising_act"], ["model.activation: activation 'raising_act' raised RuntimeError"]),
+    (["model.activation=sign_act"], ["model.activation: activation 'sign_act' is not differentiable in u"]),
 ])
 def test_broken_components(tmp_path, hostile, overrides, needles):
     check_one_line(invoke(tmp_path, *sets(*overrides)), tmp_path, *needles)
@@ -137,7 +142,7 @@ def test_non_finite_labels_stop_data_generation():
 
     U = random_subspace(0, 8, 2, "cpu")[None]
     link = lambda z: torch.where(z[..., 0].abs() > 2.5, float("inf"), z[..., 0])  # noqa: E731
-    with pytest.raises(MimError, match="link 'far' produced non-finite labels on d1"):
+    with pytest.raises(MimError, match=r"link 'far' returned NaN or inf for z of shape \(1024, 2\)"):
         make_split([0], "d1", 2000, U, link, "far", 0.0, 0, 1, "cpu")
 
 

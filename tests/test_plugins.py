@@ -272,7 +272,7 @@ def broken_plugin(monkeypatch, tmp_path):
 
 def test_broken_plugin_is_reported_by_mim_plugins(broken_plugin):
     result = run("plugins", "--json")
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # the whole listing, then the failure in the exit status
     listing = {p["name"]: p for p in json.loads(result.stdout)}
     broken = listing["broken"]
     assert (broken["distribution"], broken["version"], broken["links"]) == ("mim-broken", "0.3", [])
@@ -281,7 +281,49 @@ def test_broken_plugin_is_reported_by_mim_plugins(broken_plugin):
     warning = [line for line in result.stderr.splitlines() if "broken" in line]
     assert warning == ["Warning: plugin 'broken' (entry point broken = mim_broken, mim-broken 0.3) is broken: "
                        "import failed: ModuleNotFoundError: No module named 'a_module_that_does_not_exist'"]
-    assert "ERROR        import failed" in run("plugins").stdout
+    listing = run("plugins")
+    assert "ERROR        import failed" in listing.stdout and listing.exit_code == 1
+
+
+def test_mim_plugins_exits_0_when_every_plugin_loads(monkeypatch, tmp_path):
+    fake_dist(tmp_path, "mim-fine", "mim_fine",
+              "from mim_lightning import hookimpl\n\n@hookimpl\ndef register_activations(register):\n"
+              "    register('fine_act', lambda u: u * u / 2)\n", "fine")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    use_plugins(monkeypatch, "fine")
+    assert run("plugins").exit_code == 0
+
+
+@pytest.fixture
+def rude_plugins(monkeypatch, tmp_path):
+    """A plugin that ends the process at import, one that exits in a hook, and one that prints."""
+    hook = "from mim_lightning import hookimpl\n\n@hookimpl\ndef register_links(register):\n"
+    fake_dist(tmp_path, "mim-quitter", "mim_quitter", "import os\nos._exit(0)\n", "quitter")
+    fake_dist(tmp_path, "mim-hook-exit", "mim_hook_exit", hook + "    import sys; sys.exit(3)\n", "hook_exit")
+    fake_dist(tmp_path, "mim-chatty", "mim_chatty", "print('hello from chatty')\n" + hook
+              + "    print('registering')\n    register('chatty_link', lambda z: z[..., 0] ** 2 - 1)\n", "chatty")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    use_plugins(monkeypatch, "quitter,hook_exit,chatty")
+
+
+def test_plugins_can_neither_end_the_process_nor_garble_stdout(rude_plugins):
+    import os
+
+    exit_before = os._exit
+    result = run("plugins", "--json")
+    assert os._exit is exit_before and sys.exit.__module__ == "sys"  # restored
+    assert result.exit_code == 1  # listed, with the failures in the exit status
+    listing = {p["name"]: p for p in json.loads(result.stdout)}  # stdout is pure JSON
+    assert listing["quitter"]["error"] == "import failed: PluginExit: tried to exit the process (exit code 0)"
+    assert listing["hook_exit"]["error"] == "register_links raised PluginExit: tried to exit the process (exit code 3)"
+    assert listing["chatty"]["links"] == ["chatty_link"] and listing["chatty"]["error"] is None
+    assert "hello from chatty" in result.stderr and "registering" in result.stderr
+
+
+def test_a_rude_plugin_does_not_stop_the_others(rude_plugins, tmp_path):
+    result = run("check", "--link", "chatty_link", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checks"][0]["component"] == "chatty_link"
 
 
 def test_broken_plugin_does_not_stop_training(broken_plugin, tmp_path):

@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 
 from mim_lightning.analysis import theory
-from mim_lightning.errors import MimError
+from mim_lightning.core.contracts import activation_values, autograd_derivative
 from mim_lightning.analysis.theory import DTYPE, eigen_summary, loss_derivatives, memoize, resolve
 
-LINK_RESIDUAL_TOL = 1e-6  # Assumption 1: variance fraction beyond the degree cap
+LINK_RESIDUAL_TOL = theory.HERMITE_RESIDUAL_TOL  # Assumption 1: variance fraction beyond the degree cap
 ACTIVATION_TOL = 1e-4  # Assumption 2: |sigma'(0)| and |sigma''(0) - 1|
 ACTIVATION_STEP = 1e-4  # sigma^(k)(0) = mean of autograd values at +-STEP (robust to |u| in code)
 GRID_RANGE = 50.0  # activation grid [-R, R]; loss grid [-R, R]^2 in (t, y)
@@ -66,11 +66,12 @@ def check_link(name, r: int, fn=None) -> dict:
 
     Hermite expansion up to total degree ``theory.HERMITE_CAP`` (``theory.hermite_degree``).
     holds iff ``residual`` (fraction of Var(g) beyond the cap) < ``LINK_RESIDUAL_TOL``.
-    Extra keys: ``degree``, ``residual``, ``cap``, ``declared_degree``, ``tolerance``, ``r``.
+    Extra keys: ``degree`` (None when the link is not a polynomial up to degree ``cap``),
+    ``residual``, ``cap``, ``declared_degree``, ``tolerance``, ``r``.
     """
     label, target = _target("link", name, fn)
     h = theory.hermite_degree(target, r)
-    holds = h["residual"] < LINK_RESIDUAL_TOL
+    holds = h["polynomial"]
     if holds:
         message = (
             f"link {label!r} is a polynomial of degree {h['degree']} (r = {r}): a fraction"
@@ -78,7 +79,7 @@ def check_link(name, r: int, fn=None) -> dict:
         )
     else:
         message = (
-            f"link {label!r} is not a polynomial of degree <= {h['cap']} (r = {r}): a fraction"
+            f"link {label!r} is not a polynomial up to degree {h['cap']} (r = {r}): a fraction"
             f" {h['residual']:.3g} of its variance lies beyond degree {h['cap']} (tolerance {LINK_RESIDUAL_TOL:g})"
         )
     declared = h["declared_degree"]
@@ -90,7 +91,7 @@ def check_link(name, r: int, fn=None) -> dict:
         "holds": holds,
         "message": message,
         "r": r,
-        "degree": h["degree"],
+        "degree": h["degree"] if holds else None,
         "residual": h["residual"],
         "cap": h["cap"],
         "declared_degree": declared,
@@ -102,23 +103,18 @@ def check_link(name, r: int, fn=None) -> dict:
 
 
 def _activation_derivatives(label: str, fn, u: torch.Tensor) -> list[torch.Tensor]:
-    """[sigma and its derivatives of order 1 to 4] at u by autograd (zeros where one vanishes)."""
+    """[sigma and its derivatives of order 1 to 4] at u by autograd (zeros where one vanishes);
+    sigma is checked by ``core.contracts`` (elementwise, differentiable)."""
     u = u.clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            out = [fn(u)]
-            if not isinstance(out[0], torch.Tensor) or out[0].shape != u.shape:
-                raise MimError(f"activation {label!r} must be elementwise")
-            for _ in range(4):
-                prev = out[-1]
-                d = None
-                if prev.requires_grad:
-                    (d,) = torch.autograd.grad(prev.sum(), u, create_graph=True, allow_unused=True)
-                out.append(torch.zeros_like(u) if d is None else d)
-    except MimError:
-        raise
-    except Exception as exc:
-        raise MimError(f"activation {label!r} failed on a float64 tensor: {type(exc).__name__}: {exc}") from exc
+    with torch.enable_grad():
+        out = [activation_values(label, fn, u, finite=False)]
+        for order in range(1, 5):
+            prev = out[-1]
+            d = None
+            if prev.requires_grad:
+                d = autograd_derivative("activation", label, prev, u, "u" if order == 1 else f"u (order {order})",
+                                        create_graph=True)
+            out.append(torch.zeros_like(u) if d is None else d)
     return [v.detach().to(DTYPE) for v in out]
 
 

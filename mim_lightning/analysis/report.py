@@ -87,6 +87,13 @@ def jsonable(value):
     return value
 
 
+def hermite_text(report: dict) -> str:
+    """'2', or 'not a polynomial up to degree 6' (the cap of the expansion)."""
+    if report.get("hermite_polynomial", report.get("hermite_degree") is not None):
+        return str(report["hermite_degree"])
+    return f"not a polynomial up to degree {report['hermite_cap']}"
+
+
 def format_theory(report: dict) -> str:
     """``theory.theory_report`` for the terminal."""
     r = report["r"]
@@ -98,10 +105,17 @@ def format_theory(report: dict) -> str:
         f"eigenvalues of M      {', '.join(f'{v:.4g}' for v in report['eigenvalues'])}"
         f"   (min/max |lambda| = {report['ratio']:.3g})",
         f"isotropic part        E[loss'(0, y)] = {report['isotropic']:.4g}",
-        f"Hermite degree        {report['hermite_degree']}"
+        f"Hermite degree        {hermite_text(report)}"
         f"   (variance fraction beyond degree {report['hermite_cap']}: {report['hermite_residual']:.2g})",
-        f"alpha_c               {report['alpha_c']:.4g}   (n = alpha_c * d samples: optimal spectral"
-        f" weak-recovery threshold; relative error {report['alpha_c_error']:.1e})",
-        f"  ({report['alpha_c_method']})",
     ]
+    if not report.get("alpha_c_computed", True):
+        rows.append(f"alpha_c               {report['alpha_c_method']}")
+    else:
+        alpha = "inf" if report["alpha_c"] is None else f"{report['alpha_c']:.4g}"
+        error = "inf" if report["alpha_c_error"] is None else f"{report['alpha_c_error']:.1e}"
+        rows += [
+            f"alpha_c               {alpha}   (n = alpha_c * d samples: optimal spectral"
+            f" weak-recovery threshold; relative error {error})",
+            f"  ({report['alpha_c_method']})",
+        ]
     return "\n".join(rows)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import math
 from typing import Callable
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from numpy.polynomial.hermite_e import hermegauss
 
+from mim_lightning.core.contracts import autograd_derivative, link_values, loss_slope_at_zero, loss_values
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.manager import get_registry
 
@@ -43,7 +43,15 @@ QMC_SIGMAS = 3.0  # quasi-Monte Carlo error = QMC_SIGMAS standard errors
 
 HERMITE_CAP = 6
 HERMITE_GRID_BUDGET = 200_000  # points of the tensor grid used for the Hermite expansion
+HERMITE_BASIS_BUDGET = 600  # basis functions of the least-squares Hermite fit (large r)
 HERMITE_TOL = 1e-10  # a degree counts when its energy exceeds this fraction of Var(g)
+HERMITE_RESIDUAL_TOL = 1e-6  # a polynomial up to the cap: variance fraction beyond it below this
+
+# r <= MAX_R: every quantity here is bounded in time and memory (the Hermite expansion up to
+# degree 2 in 32 variables has 561 terms); alpha_c's cost grows like r^4 and theory_report
+# computes it for r <= ALPHA_MAX_R only (``alpha_c_estimate`` itself takes any r).
+MAX_R = 32
+ALPHA_MAX_R = 6
 
 ALPHA_SAMPLES = 2**21
 ALPHA_BINS = 200
@@ -68,6 +76,8 @@ def check_r(name: str, r, metadata: dict | None = None) -> int:
     """r as an int; MimError when it is not a positive integer or below the link's ``min_r``."""
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
         raise MimError(f"r must be a positive integer, got {r!r}")
+    if r > MAX_R:
+        raise MimError(f"r = {r} is above the limit of the theory computations, r <= {MAX_R}")
     min_r = (metadata or {}).get("min_r")
     if min_r is not None and r < min_r:
         raise MimError(f"link {name!r} needs r >= {min_r} (its min_r), got r = {r}")
@@ -112,44 +122,34 @@ def memoize(fn):
 
 
 def eval_link(name: str, fn: Callable, z: torch.Tensor) -> torch.Tensor:
-    """y = g(z) for z of shape (n, r), checked: a finite float64 tensor of shape (n,)."""
-    try:
-        with torch.no_grad():
-            y = fn(z)
-    except Exception as exc:  # a user's link failing is a user-facing error
-        raise MimError(f"link {name!r} failed on z of shape {tuple(z.shape)}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(z.shape[:-1]):
-        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise MimError(f"link {name!r} must map z of shape (n, r) to shape (n,), got {got}")
-    y = y.to(DTYPE)
-    if not torch.isfinite(y).all():
-        raise MimError(f"link {name!r} returned non-finite values for Gaussian inputs (r = {z.shape[-1]})")
-    return y
+    """y = g(z) for z of shape (n, r), checked (``core.contracts``): a finite float64 tensor of
+    shape (n,)."""
+    with torch.no_grad():
+        return link_values(name, fn, z).to(DTYPE)
 
 
 def loss_derivatives(name: str, fn: Callable, t: torch.Tensor, y: torch.Tensor, order: int = 1):
-    """loss'(t, y) (order 1) or (loss', loss'') (order 2), derivatives in t by autograd."""
+    """loss'(t, y) (order 1) or (loss', loss'') (order 2), derivatives in t by autograd; the loss
+    is checked by ``core.contracts`` (values of t's shape, differentiable in t; a loss that does not
+    depend on t has loss' = 0)."""
     t = t.detach().to(DTYPE).clone().requires_grad_(True)
     y = y.detach().to(DTYPE)
-    try:
-        with torch.enable_grad():
-            value = fn(t, y)
-            if not isinstance(value, torch.Tensor) or value.shape != t.shape:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise MimError(f"loss {name!r} must be elementwise (shape {tuple(t.shape)}), got {got}")
-            (d1,) = torch.autograd.grad(value.sum(), t, create_graph=order > 1, allow_unused=True)
-            d1 = torch.zeros_like(t) if d1 is None else d1
-            if order == 1:
-                return d1.detach()
-            d2 = None
-            if d1.requires_grad:
-                (d2,) = torch.autograd.grad(d1.sum(), t, allow_unused=True)
-            d2 = torch.zeros_like(t) if d2 is None else d2
-            return d1.detach(), d2.detach()
-    except MimError:
-        raise
-    except Exception as exc:
-        raise MimError(f"loss {name!r} failed on (t, y) tensors: {type(exc).__name__}: {exc}") from exc
+    with torch.enable_grad():
+        value = loss_values(name, fn, t, y, finite=False)
+        d1 = autograd_derivative("loss", name, value, t, "t", create_graph=order > 1)
+        d1 = torch.zeros_like(t) if d1 is None else d1
+        if order == 1:
+            return d1.detach()
+        d2 = None
+        if d1.requires_grad:
+            d2 = autograd_derivative("loss", name, d1, t, "t (second derivative)")
+        d2 = torch.zeros_like(t) if d2 is None else d2
+        return d1.detach(), d2.detach()
+
+
+def loss_slopes_at_zero(name: str, fn: Callable, y: torch.Tensor) -> torch.Tensor:
+    """loss'(0, y) in float64, checked finite (``core.contracts.loss_slope_at_zero``)."""
+    return loss_slope_at_zero(name, fn, y.detach().to(DTYPE))
 
 
 @functools.lru_cache(maxsize=16)
@@ -175,7 +175,7 @@ def _quadrature_moments(link, loss, n: int, r: int) -> tuple[np.ndarray, float]:
     (lname, lfn), (fname, ffn) = link, loss
     z, w = gauss_hermite(n, r)
     y = eval_link(lname, lfn, z)
-    a = w * loss_derivatives(fname, ffn, torch.zeros_like(y), y)
+    a = w * loss_slopes_at_zero(fname, ffn, y)
     iso = a.sum()
     m = torch.einsum("n,ni,nj->ij", a, z, z) - iso * torch.eye(r, dtype=DTYPE)
     return m.numpy(), float(iso)
@@ -192,7 +192,7 @@ def _qmc_moments(link, loss, r: int, n_points: int = QMC_POINTS, replicates: int
         u = torch.quasirandom.SobolEngine(r, scramble=True, seed=seed * 1009 + k).draw(n_points, dtype=DTYPE)
         z = torch.special.ndtri(u.clamp(1e-16, 1 - 1e-16))
         y = eval_link(lname, lfn, z)
-        lp = loss_derivatives(fname, ffn, torch.zeros_like(y), y)
+        lp = loss_slopes_at_zero(fname, ffn, y)
         ms.append((torch.einsum("n,ni,nj->ij", lp, z, z) / n_points - lp.mean() * eye).numpy())
         isos.append(float(lp.mean()))
     ms, isos = np.stack(ms), np.asarray(isos)
@@ -292,19 +292,45 @@ def _hermite_grid(lname, lfn, r, cap):
     return energy, second, float(coef.flat[0]), f"Gauss-Hermite projection, {n}^{r} nodes"
 
 
+def multi_indices(r: int, cap: int) -> list[tuple[tuple[int, int], ...]]:
+    """The multi-indices a in N^r with |a| <= cap, each as its non-zero entries ((k, a_k), ...),
+    by total degree (the empty tuple, degree 0, first); math.comb(cap + r, r) of them, enumerated
+    without visiting the (cap + 1)^r tensor grid."""
+    out = [()]
+    frontier = [()]
+    for _ in range(cap):
+        grown = []
+        for a in frontier:  # add one unit to a coordinate >= the last one raised (each index once)
+            last = a[-1][0] if a else 0
+            for k in range(last, r):
+                if a and a[-1][0] == k:
+                    grown.append(a[:-1] + ((k, a[-1][1] + 1),))
+                else:
+                    grown.append(a + ((k, 1),))
+        out += grown
+        frontier = grown
+    return out
+
+
 def _hermite_least_squares(lname, lfn, r, cap, seed=0):
     """Coefficients by least squares on fixed-seed Gaussian samples (large r)."""
-    alphas = [a for a in itertools.product(range(cap + 1), repeat=r) if sum(a) <= cap]
+    alphas = multi_indices(r, cap)
     n = max(20 * len(alphas), 20_000)
     z = torch.randn(n, r, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
     g = eval_link(lname, lfn, z).numpy()
     tables = [_hermite_table(z[:, k].numpy(), cap) for k in range(r)]
-    phi = np.stack([np.prod([tables[k][:, a[k]] for k in range(r)], axis=0) for a in alphas], axis=1)
-    coef, *_ = np.linalg.lstsq(phi, g, rcond=None)
+    phi = np.ones((n, len(alphas)))
+    for j, a in enumerate(alphas):
+        for k, power in a:
+            phi[:, j] *= tables[k][:, power]
+    # Normal equations: the basis is orthonormal under N(0, I_r), so phi^T phi / n is close to the
+    # identity and well conditioned; one matrix product instead of an SVD of phi (seconds at r = 32).
+    gram = phi.T @ phi
+    coef = np.linalg.solve(gram + 1e-12 * np.trace(gram) / len(gram) * np.eye(len(gram)), phi.T @ g)
     resid = float(np.mean((g - phi @ coef) ** 2))
     energy = [0.0] * (cap + 1)
     for a, c in zip(alphas, coef):
-        energy[sum(a)] += float(c * c)
+        energy[sum(p for _, p in a)] += float(c * c)
     return energy, sum(energy) + resid, float(coef[0]), f"least squares on {n} Monte Carlo samples (seed {seed})"
 
 
@@ -314,23 +340,26 @@ def hermite_degree(link, r: int, cap: int = HERMITE_CAP) -> dict:
 
     g(z) = sum_a c_a prod_k He_{a_k}(z_k) / sqrt(a_k!) (orthonormal under N(0, I_r)); the energy of
     degree k is sum_{|a| = k} c_a^2. Returns a dict: ``degree`` (highest k >= 1 whose energy
-    exceeds ``HERMITE_TOL`` * Var(g); 0 for a constant), ``residual`` = (E[g^2] - sum_{|a| <= cap}
+    exceeds ``HERMITE_TOL`` * Var(g); 0 for a constant), ``polynomial`` (residual below
+    ``HERMITE_RESIDUAL_TOL``: a polynomial up to degree cap), ``residual`` = (E[g^2] - sum_{|a| <= cap}
     c_a^2) / Var(g) (0 for a polynomial of degree <= cap, up to rounding ~1e-15), ``cap`` (the cap
     used: lowered for large r to keep the grid small), ``energy`` (list by degree), ``mean``,
     ``variance``, ``declared_degree`` (the link's ``degree`` metadata, or None), ``method``.
     Coefficients come from a tensor Gauss-Hermite projection (exact for polynomials of degree
     <= cap) while (cap + 1)^r stays under ``HERMITE_GRID_BUDGET``, else from least squares on
-    Monte Carlo samples with the cap lowered to keep at most ~500 basis functions.
+    Monte Carlo samples with the cap lowered (not below 2) to keep at most
+    ``HERMITE_BASIS_BUDGET`` basis functions (r <= ``MAX_R`` keeps the cap at 2 or more).
     """
     lname, lfn, meta = resolve("link", link)
     r = check_r(lname, r, meta)
-    cap = int(cap)
+    requested = cap = int(cap)
     while (cap + 1) ** r > HERMITE_GRID_BUDGET and cap > 2:
         cap -= 1
     if (cap + 1) ** r <= HERMITE_GRID_BUDGET:
         energy, second, mean, method = _hermite_grid(lname, lfn, r, cap)
     else:
-        while cap > 1 and math.comb(cap + r, r) > 500:
+        cap = requested
+        while cap > 2 and math.comb(cap + r, r) > HERMITE_BASIS_BUDGET:
             cap -= 1
         energy, second, mean, method = _hermite_least_squares(lname, lfn, r, cap)
     variance = max(second - mean * mean, 0.0)
@@ -341,6 +370,7 @@ def hermite_degree(link, r: int, cap: int = HERMITE_CAP) -> dict:
         degree = max([k for k in range(1, cap + 1) if energy[k] > HERMITE_TOL * variance], default=0)
     return {
         "degree": degree,
+        "polynomial": residual < HERMITE_RESIDUAL_TOL,
         "residual": residual,
         "cap": cap,
         "energy": energy,
@@ -567,8 +597,11 @@ def theory_report(link, r: int, loss="squared") -> dict:
     Keys: ``link``, ``loss``, ``r``; ``M`` (r x r list, M = E[loss'(0, y)(z z^T - I_r)]),
     ``eigenvalues`` (sorted by |lambda| descending), ``ratio`` (min|lambda| / max|lambda|),
     ``isotropic`` (E[loss'(0, y)]), ``M_error``, ``M_method``; ``hermite_degree``,
-    ``hermite_residual``, ``hermite_cap``; ``alpha_c``, ``alpha_c_error`` (relative),
-    ``alpha_c_method``.
+    ``hermite_residual``, ``hermite_cap``, ``hermite_polynomial`` (whether the link is a polynomial
+    up to degree ``hermite_cap``; ``hermite_degree`` is None when it is not); ``alpha_c``,
+    ``alpha_c_error`` (relative), ``alpha_c_method``, ``alpha_c_computed`` (False for
+    r > ``ALPHA_MAX_R``, whose cost grows like r^4: alpha_c and its error are then None and the
+    method says why).
     """
     lname, _, meta = resolve("link", link)
     fname, _, _ = resolve("loss", loss)
@@ -576,7 +609,12 @@ def theory_report(link, r: int, loss="squared") -> dict:
     moments = population_moments(link, loss, r)
     eigenvalues, ratio = eigen_summary(moments["M"])
     herm = hermite_degree(link, r)
-    alpha = alpha_c_estimate(link, r)
+    if r <= ALPHA_MAX_R:
+        alpha = alpha_c_estimate(link, r)
+    else:
+        alpha = {"alpha_c": None, "error": None,
+                 "method": f"not computed: r > {ALPHA_MAX_R} (the estimator's cost grows like r^4;"
+                           " call analysis.theory.alpha_c_estimate for any r)"}
     return {
         "link": lname,
         "loss": fname,
@@ -587,10 +625,12 @@ def theory_report(link, r: int, loss="squared") -> dict:
         "isotropic": moments["isotropic"],
         "M_error": moments["error"],
         "M_method": moments["method"],
-        "hermite_degree": herm["degree"],
+        "hermite_degree": herm["degree"] if herm["polynomial"] else None,
+        "hermite_polynomial": herm["polynomial"],
         "hermite_residual": herm["residual"],
         "hermite_cap": herm["cap"],
         "alpha_c": alpha["alpha_c"],
+        "alpha_c_computed": r <= ALPHA_MAX_R,
         "alpha_c_error": alpha["error"],
         "alpha_c_method": alpha["method"],
     }

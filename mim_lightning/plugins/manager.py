@@ -14,11 +14,14 @@ one-line warning when a component it might have provided is looked up.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import dataclasses
 import functools
 import importlib
 import os
 import re
+import sys
 from importlib import metadata
 
 import pluggy
@@ -60,6 +63,29 @@ def _normalize(name: str | None) -> str:
     return re.sub(r"[-_.]+", "-", name or "").lower()
 
 
+class PluginExit(Exception):
+    """A plugin called os._exit, sys.exit or exit() while being imported or called."""
+
+
+def _refuse_exit(*args, **kwargs):
+    code = args[0] if args else kwargs.get("status", kwargs.get("code"))
+    raise PluginExit(f"tried to exit the process (exit code {code!r})")
+
+
+@contextlib.contextmanager
+def plugin_code():
+    """Run third-party plugin code (its import, its hooks) so that it cannot end the process or
+    garble our output: what it prints goes to stderr (stdout may be JSON), and os._exit,
+    sys.exit, exit() and quit() raise PluginExit, recorded as that plugin's error. Restored after."""
+    saved = os._exit, sys.exit, builtins.exit, builtins.quit
+    os._exit = sys.exit = builtins.exit = builtins.quit = _refuse_exit
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        os._exit, sys.exit, builtins.exit, builtins.quit = saved
+
+
 def _unknown_hooks(manager: pluggy.PluginManager, plugin) -> list[str]:
     """Names of hooks the plugin implements that no hookspec defines (usually a typo)."""
     return sorted(caller.name for caller in manager.get_hookcallers(plugin) or [] if not caller.has_spec())
@@ -90,7 +116,8 @@ def load_entrypoints(manager: pluggy.PluginManager, selection: str | None, entry
                           entry_point=f"{ep.name} = {ep.value}")
         infos.append(info)
         try:
-            plugin = ep.load()
+            with plugin_code():
+                plugin = ep.load()
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure of a third-party plugin
             info.errors.append(f"import failed: {one_line(exc)}")
             continue
@@ -164,7 +191,8 @@ def build_registry(manager: pluggy.PluginManager | None = None, infos=()) -> Reg
                         registry.rejected.setdefault((_kind, str(component)), []).append(str(exc))
 
                 try:
-                    impl.function(**({"register": register} if "register" in impl.argnames else {}))
+                    with plugin_code():
+                        impl.function(**({"register": register} if "register" in impl.argnames else {}))
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's hook must not break the others
                     info.errors.append(f"{hook_name} raised {one_line(exc)}")
     for number, info in enumerate(infos):  # entry points that never made it into the manager

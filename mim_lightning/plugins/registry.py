@@ -67,7 +67,9 @@ class RegistrationError(MimError):
 
 def closest(name: str, choices) -> str:
     """A ' (did you mean X?)' hint for a misspelt name, or ''."""
-    match = difflib.get_close_matches(name, list(choices), n=1)
+    if len(name) > 100:  # no suggestion for a huge name (and no quadratic matching on it)
+        return ""
+    match = difflib.get_close_matches(name, [c for c in choices if c != name], n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

@@ -3,7 +3,8 @@
 A link must map z (..., r) to finite values of shape (...); a loss must map (t, y) to finite
 per-sample values with a finite gradient in t; an activation must map u to finite values of the
 same shape with a finite derivative. Anything else is a one-line MimError naming the config key,
-the component and what went wrong.
+then the component and what went wrong in the words of ``core.contracts`` (the sentence that
+``mim check``, ``mim theory`` and data generation use too).
 """
 
 from __future__ import annotations
@@ -13,61 +14,47 @@ from typing import Callable
 
 import torch
 
+from mim_lightning.core import contracts
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.manager import get_registry
 
 PROBE_SHAPE = (2, 16)
 
 
-def _fail(key: str, name: str, problem: str) -> MimError:
-    return MimError(f"{key} {name!r} {problem}")
+def _keyed(key: str, exc: contracts.ComponentError) -> MimError:
+    return MimError(f"{key}: {exc}")
 
 
-def _call(key: str, name: str, fn, *args) -> torch.Tensor:
-    try:
-        out = fn(*args)
-    except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one line
-        raise _fail(key, name, f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                    f" on a probe input of shape {tuple(args[0].shape)}") from None
-    if not isinstance(out, torch.Tensor):
-        raise _fail(key, name, f"returned a {type(out).__name__}, not a torch.Tensor")
-    return out
-
-
-def _check_values(key: str, name: str, out: torch.Tensor, shape) -> None:
-    if tuple(out.shape) != tuple(shape):
-        raise _fail(key, name, f"returned shape {tuple(out.shape)} for an input of shape {tuple(shape)}; it must be elementwise")
-    if not bool(torch.isfinite(out).all()):
-        raise _fail(key, name, "returned NaN or inf on a probe input (values in [-3, 3])")
-
-
-def _check_gradient(key: str, name: str, out: torch.Tensor, wrt: torch.Tensor, variable: str) -> None:
-    try:
-        (grad,) = torch.autograd.grad(out.sum(), wrt, allow_unused=True)
-    except RuntimeError as exc:
-        raise _fail(key, name, f"is not differentiable in {variable} by autograd ({str(exc).splitlines()[0]})") from None
-    if grad is None or not bool(torch.isfinite(grad).all()):
-        raise _fail(key, name, f"has no finite autograd derivative in {variable}; write it with torch operations")
-
-
-def probe_link(name: str, fn, r: int) -> None:
+def probe_link(name: str, fn, r: int, key: str = "data.link") -> None:
     z = torch.linspace(-3, 3, PROBE_SHAPE[0] * PROBE_SHAPE[1] * r).reshape(*PROBE_SHAPE, r)
-    _check_values("data.link", name, _call("data.link", name, fn, z), PROBE_SHAPE)
+    try:
+        with torch.no_grad():
+            contracts.link_values(name, fn, z)
+    except contracts.ComponentError as exc:
+        raise _keyed(key, exc) from None
 
 
 def probe_loss(key: str, name: str, fn) -> None:
     t = torch.linspace(-3, 3, PROBE_SHAPE[0] * PROBE_SHAPE[1]).reshape(PROBE_SHAPE).requires_grad_(True)
     y = torch.linspace(2, -2, PROBE_SHAPE[0] * PROBE_SHAPE[1]).reshape(PROBE_SHAPE)
-    out = _call(key, name, fn, t, y)
-    _check_values(key, name, out, PROBE_SHAPE)
-    _check_gradient(key, name, out, t, "t")
+    try:
+        with torch.enable_grad():
+            out = contracts.loss_values(name, fn, t, y)
+            grad = contracts.autograd_derivative("loss", name, out, t, "t")
+        contracts.check_derivative("loss", name, grad, "t")
+    except contracts.ComponentError as exc:
+        raise _keyed(key, exc) from None
 
 
-def probe_activation(name: str, fn) -> None:
+def probe_activation(name: str, fn, key: str = "model.activation") -> None:
     u = torch.linspace(-3, 3, PROBE_SHAPE[0] * PROBE_SHAPE[1]).reshape(PROBE_SHAPE).requires_grad_(True)
-    out = _call("model.activation", name, fn, u)
-    _check_values("model.activation", name, out, PROBE_SHAPE)
-    _check_gradient("model.activation", name, out, u, "u")
+    try:
+        with torch.enable_grad():
+            out = contracts.activation_values(name, fn, u)
+            grad = contracts.autograd_derivative("activation", name, out, u, "u")
+        contracts.check_derivative("activation", name, grad, "u")
+    except contracts.ComponentError as exc:
+        raise _keyed(key, exc) from None
 
 
 @dataclass(frozen=True)
