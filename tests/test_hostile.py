@@ -182,3 +182,101 @@ def test_vanishing_weights_are_stopped_with_advice(tmp_path):
     check_one_line(invoke(tmp_path, *sets("stage1.lr=0.05", "stage1.weight_decay=20", "stage1.steps=60",
                                           "metrics.flush_every_n_steps=60")),
                    tmp_path, "stage 1 vanished by step", "raise stage1.lr")
+
+
+# --- issue 11: bounded input, one line naming the key and what is allowed --------------------------
+
+BOMB = "\n".join([
+    'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+    *(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")),
+    "seed: *h",
+]) + "\n"  # nine lines, 9^9 strings once expanded (it took 80 s and 9.6 GB)
+DEEP = "seed: " + "[" * 5000 + "]" * 5000 + "\n"  # a RecursionError in PyYAML's composer
+FILE = object()  # in ARGS below: the path of a config file holding the case's text
+CATALOGUE = [  # (config text or None, arguments after 'mim', substring of the one line, exit status)
+    (BOMB, ["train", FILE], "aliases are not supported in configs", 1),
+    (DEEP, ["train", FILE], "nested more than 20 levels deep at line 1", 1),
+    ("seed: 1\ndata: {d: 32}\nseed: 2\n", ["train", FILE], "duplicate key 'seed' at line 3 (first at line 1)", 1),
+    ("data:\n  d: 32\n  d: 64\n", ["train", FILE], "duplicate key 'd' at line 3 (first at line 2)", 1),
+    ("seed: 1\n" + "#" * (1 << 20), ["train", FILE], "a config file is at most 1 MiB", 1),
+    ("data.d: 16\n", ["train", FILE], "unknown config key 'data.d': YAML nests keys, write 'data: {d: ...}'", 1),
+    ("data: {r: yes}\n", ["train", FILE], "config key 'data.r': must be a number, not the boolean true", 1),
+    (None, ["train", "--set", "data.r=yes"], "config key 'data.r': must be a number, not the boolean true", 1),
+    (None, ["train", "--set", "seed=true"], "config key 'seed': must be a number, not the boolean true", 1),
+    (None, ["train", "--devices", "yes"], "config key 'trainer.devices' (--devices): must be a positive integer,"
+                                          " -1 (all devices) or 'auto' (got True)", 1),
+    (None, ["train", "--devices", "abc"], "config key 'trainer.devices' (--devices): must be a positive integer,"
+                                          " -1 (all devices) or 'auto' (got 'abc')", 1),
+    (None, ["train", "--set", "data.d=1000000000000000000000000000000"],
+     "config key 'data.d': Input should be less than or equal to 16777216", 1),
+    (None, ["train", "--set", "data.alpha=.inf"], "config key 'data.alpha': Input should be a finite number", 1),
+    (None, ["train", "--set", "data.noise=.inf"], "config key 'data.noise': Input should be a finite number", 1),
+    (None, ["train", "--set", "data.noise=.nan"], "config key 'data.noise': Input should be a finite number", 1),
+    (None, ["train", "--set", "stage2.bias_scale=.inf"], "config key 'stage2.bias_scale': Input should be a finite", 1),
+    (None, ["train", "--set", "stage1.steps=100000000"], "'stage1.steps': Input should be less than or equal to 10000000", 1),
+    (None, ["train", "--set", "model.width=2", "--set", "data.r=2"],
+     "model.width = 2 is too small for data.r = 2: it must be at least 2 * data.r (each symmetric pair spans one"
+     " direction) = 4", 1),
+    (None, ["train", "--set", "data.r=33"], "config key 'data.r': Input should be less than or equal to 32", 1),
+    (None, ["train", "--set", "trainer.precision=64-true"],
+     "config key 'trainer.precision': not supported (stage 1 runs in float32); allowed: 32-true, and on a GPU"
+     " bf16-mixed or 16-mixed", 1),
+    (None, ["train", "--set", "trainer.precision=16-mixed"],
+     "trainer.precision = 16-mixed needs a GPU, but trainer.accelerator = cpu resolves to the CPU", 1),
+    (None, ["train", "--set", "trainer.precision=bf16-mixed"], "trainer.precision = bf16-mixed needs a GPU", 1),
+    (None, ["train", "--set", "seed=*a"], "aliases are not supported in configs", 1),
+    (None, ["train", "--set", "data.d=" + "9" * 5000], "unreadable value", 1),
+    (None, ["check", "--r", "33"], "--r 33 is above the limit of the theory computations, r <= 32", 2),
+    (None, ["theory", "--link", "sum_he2", "--r", "0"], "--r must be a positive integer, got 0", 2),
+    (None, ["check", "--link", "wrong_shape"], "--link: " + WRONG_SHAPE.replace("(2, 16, 2)", "(4096, 2)"), 2),
+    (None, ["theory", "--link", "raising_link"], "--link: link 'raising_link' raised AttributeError for z of shape", 2),
+    (None, ["check", "--loss", "scalar_loss"], "--loss: loss 'scalar_loss' returned shape () for t and y of shape", 2),
+    (None, ["check", "--activation", "raising_act"], "--activation: activation 'raising_act' raised", 2),
+]
+
+
+@pytest.mark.parametrize("text, args, needle, code", CATALOGUE)
+def test_catalogue(tmp_path, hostile, text, args, needle, code):
+    path = tmp_path / "config.yaml"
+    if text is not None:
+        path.write_text(text)
+    args = [str(path) if a is FILE else a for a in args]
+    if args[0] == "train":  # small, should anything get through
+        args = ["train", "--out", str(tmp_path / "run"), *sets(), *args[1:]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    line = check_one_line(result, tmp_path, needle)
+    assert len(line) < 400  # values are echoed cut short (a 5000-digit number, an aliased structure)
+    assert "did you mean 'data.d'" not in line
+
+
+def test_long_values_are_echoed_cut_short(tmp_path):
+    line = check_one_line(invoke(tmp_path, *sets("seed=[" + ", ".join(["12345"] * 1000) + "]")), tmp_path,
+                          "config key 'seed': Input should be a valid integer (got [12345, 12345")
+    assert "...]" in line and len(line) < 200
+
+
+def test_a_mapping_override_merges_into_its_section():
+    from mim_lightning.config import load_config
+
+    cfg = load_config(None, ["data.r=3", "data={d: 16}", "model={width: 64}"])
+    assert (cfg.data.d, cfg.data.r, cfg.model.width, cfg.model.activation) == (16, 3, 64, "logcosh")
+    cfg = load_config(None, ["data={d: 16, r: 3}", "data.d=20"])  # a later key still wins
+    assert (cfg.data.d, cfg.data.r) == (20, 3)
+
+
+def test_the_config_limit_on_r_is_the_theory_limit():
+    from mim_lightning.analysis import theory
+    from mim_lightning.config import MAX_R
+
+    assert MAX_R == theory.MAX_R
+
+
+def test_yaml_reading_is_still_plain_yaml(tmp_path):
+    from mim_lightning.config import load_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("seed: 3  # a comment\ndata:\n  d: 64\n  alpha: 1.0e+1\nstage1: {loss: squared}\n")
+    cfg = load_config(path, ["trainer.devices=2", "trainer.precision=32"])
+    assert (cfg.seed, cfg.data.d, cfg.data.alpha, cfg.stage1.loss) == (3, 64, 10.0, "squared")
+    assert (cfg.trainer.devices, cfg.trainer.precision) == (2, "32-true")
