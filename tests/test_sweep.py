@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mim_lightning.analysis.theory import alpha_c
 from mim_lightning.cli import main
 from mim_lightning.config import load_config
-from mim_lightning.errors import MimError
+from mim_lightning.errors import MimError, RunFailed
 from mim_lightning.experiments import chance, execute, plots, tables
 from mim_lightning.experiments import grid as grids
 from mim_lightning.experiments import sweep as sweeps
@@ -365,7 +365,7 @@ def test_a_batched_group_with_a_failing_replica_is_retrained_seed_by_seed(tmp_pa
     def train_replicas(cfg, out, seeds, *args, **kwargs):
         calls.append(list(seeds))
         if 1 in seeds:  # the replica of seed 1 diverges, batched or alone
-            raise MimError("stage 1 diverged at step 2: the first-layer weights or the loss are not finite")
+            raise RunFailed("stage 1 diverged at step 2: the first-layer weights or the loss are not finite")
         return [fake_results(cfg, seed) for seed in seeds]
 
     monkeypatch.setattr(runner, "train_replicas", train_replicas)
@@ -380,9 +380,10 @@ def test_a_batched_group_with_a_failing_replica_is_retrained_seed_by_seed(tmp_pa
 
 
 def test_run_failures_are_divergence_and_vanishing():
-    assert execute.run_failure(MimError("stage 1 diverged by step 5: the first-layer weights or the loss are not finite"))
-    assert execute.run_failure(MimError("stage 1 vanished by step 3: the first-layer weights underflowed to ~0"))
-    assert execute.run_failure(MimError("stage 2 diverged at step 2: the second-layer weights or the loss are not finite"))
+    assert not execute.run_failure(MimError("stage 1 diverged by step 5 (a MimError, not a RunFailed)"))
+    assert execute.run_failure(RunFailed("stage 1 diverged by step 5: the first-layer weights or the loss are not finite"))
+    assert execute.run_failure(RunFailed("stage 1 vanished by step 3: the first-layer weights underflowed to ~0"))
+    assert execute.run_failure(RunFailed("stage 2 diverged at step 2: the second-layer weights or the loss are not finite"))
     assert not execute.run_failure(MimError("could not write the checkpoint 'x' (No space left on device)"))
     assert not execute.run_failure(RuntimeError("stage 1 diverged"))
 

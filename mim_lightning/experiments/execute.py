@@ -9,7 +9,6 @@ other state (no folder, running, interrupted, failed for another reason) is trai
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -20,19 +19,16 @@ import click
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mim_lightning.config import Config
-from mim_lightning.errors import MimError
+from mim_lightning.errors import MimError, RunFailed
+from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
 from mim_lightning.training import run as runner
 from mim_lightning.training.run_folder import RunFolder
 
-#: the errors of a run that belong to it (and, in a batched run, to some of its replicas): its
-#: weights diverged or vanished. Every other error is the sweep's and stops it.
-RUN_FAILURE = re.compile(r"^stage [12] (diverged|vanished)\b")
-
-
 def run_failure(exc: BaseException) -> bool:
-    """Whether an error is a run's own failure (divergence or vanishing of its weights)."""
-    return isinstance(exc, MimError) and bool(RUN_FAILURE.match(str(exc)))
+    """Whether an error is a run's own failure (``RunFailed``: its weights diverged or vanished);
+    every other error is the sweep's and stops it."""
+    return isinstance(exc, RunFailed)
 
 
 def rank_zero() -> bool:
@@ -123,6 +119,16 @@ class Assumptions:
         return self.reports[which]
 
 
+def fresh_boards(out: Path, runs: list[Run]) -> list[Path]:
+    """The runs' TensorBoard folders (``board.run_board``), emptied by rank zero: a run trained
+    again starts its TensorBoard run afresh."""
+    paths = [board.run_board(out, run) for run in runs]
+    if rank_zero():
+        for path in paths:
+            board.clear(path)
+    return paths
+
+
 def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[dict] | None:
     """Train a group of seeds as one batched run; None when one of its replicas failed on its own
     (a warning says so; the caller then trains the seeds one by one). Other errors stop the sweep."""
@@ -130,9 +136,10 @@ def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[d
     first = group[0]
     try:
         with claimed(folders, [run.cfg for run in group]):
-            # one call for the group: its TensorBoard files go to the first seed's folder
+            # one call for the group; each seed logs to its own TensorBoard run, DIR/tensorboard/<name>
+            boards = fresh_boards(out, group)
             batch = runner.train_replicas(first.cfg, folders[0].path, [run.cfg.seed for run in group],
-                                          assumptions=assumptions(first.cfg))
+                                          assumptions=assumptions(first.cfg), tensorboard_dirs=boards)
             if rank_zero():
                 for folder, results in zip(folders, batch, strict=True):
                     folder.finish(results)
@@ -151,9 +158,10 @@ def train_one(run: Run, out: Path, assumptions: Assumptions) -> dict:
     message = None
     try:
         with claimed([folder], [run.cfg]):
+            boards = fresh_boards(out, [run])
             try:
                 results = runner.train_replicas(run.cfg, folder.path, [run.cfg.seed],
-                                                assumptions=assumptions(run.cfg))[0]
+                                                assumptions=assumptions(run.cfg), tensorboard_dirs=boards)[0]
             except MimError as exc:
                 if not run_failure(exc):
                     raise

@@ -17,7 +17,7 @@ import torch
 from mim_lightning.config import Config
 from mim_lightning.core.measures import (cosines_from_overlap, direction_mass, frobenius, refine_subspace, subspace_mass,
                                          top_right_singular)
-from mim_lightning.errors import MimError
+from mim_lightning.errors import RunFailed
 from mim_lightning.training.checkpoints import Interrupted, StopRequest, save_checkpoint
 
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
@@ -162,18 +162,18 @@ class DivergenceGuard:
         s1, W = self.cfg.stage1, module.network.W.detach()
         finite = bool(torch.isfinite(W).all()) and bool(torch.isfinite(module.last_loss).all())
         if not finite:
-            raise MimError(
+            raise RunFailed(
                 f"stage 1 diverged by step {step}: the first-layer weights or the loss are not finite; "
                 f"lower stage1.lr (now {s1.lr}) or model.init_scale (now {self.cfg.model.init_scale})")
         if float(W.abs().amax()) < VANISHED:
-            raise MimError(
+            raise RunFailed(
                 f"stage 1 vanished by step {step}: the first-layer weights underflowed to ~0 (max |w| < {VANISHED:g}); "
                 f"each step multiplies W by about stage1.lr * |lambda_1(M)| + (1 - stage1.lr * stage1.weight_decay): "
                 f"raise stage1.lr (now {s1.lr}) towards 1 / |lambda_1(M)| (mim theory) or raise model.init_scale")
 
     def check_stage2(self, module, step: int) -> None:
         if not bool(torch.isfinite(module.last_loss).all()) or not bool(torch.isfinite(module.network.a).all()):
-            raise MimError(
+            raise RunFailed(
                 f"stage 2 diverged at step {step}: the second-layer weights or the loss are not finite; "
                 f"lower stage2.lr (now {self.cfg.stage2.lr}) or use stage2.solver=ridge with squared loss")
 
