@@ -216,15 +216,21 @@ def quoted(path) -> str:
 def sweep(config, overrides, out):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
-    from mim_lightning.training import run as runner  # noqa: F401 - imports lightning, which quiet_lightning tames
     from mim_lightning.experiments.sweep import run_sweep
+    from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
 
     quiet_lightning()
-    try:
-        run_sweep(config, overrides, out)
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted; finished runs are kept: run the same command again to continue.", err=True)
-        sys.exit(130)
+    again = "finished runs are kept: run the same command again to continue"
+    with StopRequest() as stop:
+        try:
+            run_sweep(config, overrides, out, stop=stop)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            name = getattr(exc, "signal_name", None) or stop.signal_name or "SIGINT"
+            click.echo(f"\nInterrupted by {name}; {again}.", err=True)
+            sys.exit(EXIT_CODES.get(name, 130))
+    if stop.signal_name is not None:  # the signal came after the last training step
+        click.echo(f"Interrupted by {stop.signal_name} after the last run; {again}.", err=True)
+        sys.exit(EXIT_CODES.get(stop.signal_name, 143))
 
 
 @main.command(name="plugins")

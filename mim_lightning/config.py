@@ -169,6 +169,12 @@ class TrainerConfig(Section):
 class BaselineConfig(Section):
     spectral: Literal["auto", "dense", "matrix_free", "off"] = Field("auto", description="spectral baseline: dense (form Sigmahat, d x d, and diagonalise it), matrix_free (block Krylov on v -> Sigmahat v in streaming passes, memory O(d r)), off, or auto (dense up to d = 4096)")
 
+    @field_validator("spectral", mode="before")
+    @classmethod
+    def _off(cls, value):
+        """YAML reads a bare ``off`` as the boolean false."""
+        return "off" if value is False else value
+
 
 class Config(Section):
     seed: Int = Field(0, ge=0, le=2**32 - 1, description="seed of U, the data and the initialisation")

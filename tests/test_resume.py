@@ -146,3 +146,46 @@ def test_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
     done = subprocess.run([MIM, "train", "--resume", str(out)], capture_output=True, text=True)
     assert done.returncode == 1 and "not a plain mim checkpoint" in done.stderr
     assert not marker.exists()
+
+
+def wait_for_status(out, process, timeout=120):
+    deadline = time.time() + timeout
+    while not (out / "status.json").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "the run never started"
+        time.sleep(0.01)
+
+
+def test_sigterm_before_the_first_step_is_an_honest_exit(tmp_path):
+    """A stop while the data are generated (here a large D1) exits 143 with status interrupted."""
+    process = subprocess.Popen([MIM, "train", "--out", str(tmp_path), "--set", "data.d=2048", "--set", "data.alpha=64",
+                                "--set", "model.width=16", "--set", "baseline.spectral=off"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_status(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+    assert "Resume with" in stderr and "Traceback" not in stderr
+
+
+def test_sigterm_during_a_sweep_exits_143_and_marks_the_run(tmp_path):
+    import yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"data": {"d": 64, "alpha": 8, "alpha2": 8, "n_test": 256}, "model": {"width": 32},
+                                    "stage1": {"steps": 400}, "checkpoint": {"every_n_steps": 2},
+                                    "sweep": {"data.alpha": [8, 16]}}))
+    out = tmp_path / "out"
+    process = subprocess.Popen([MIM, "sweep", str(path), "--out", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("runs/*/checkpoints/last.ckpt")):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    statuses = [json.loads(p.read_text())["status"] for p in out.glob("runs/*/status.json")]
+    assert "interrupted" in statuses and "running" not in statuses

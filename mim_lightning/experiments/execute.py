@@ -23,6 +23,7 @@ from mim_lightning.errors import MimError, RunFailed
 from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
 from mim_lightning.training import run as runner
+from mim_lightning.training.checkpoints import Interrupted, StopRequest
 from mim_lightning.training.run_folder import RunFolder
 
 def run_failure(exc: BaseException) -> bool:
@@ -94,9 +95,9 @@ def claimed(folders: list[RunFolder], configs: list[Config]):
             folder.start(cfg.model_dump(), fresh=True)
         try:
             yield
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as exc:
             for folder in folders:
-                folder.set_status("interrupted", "the sweep was interrupted (Ctrl-C)")
+                folder.set_status("interrupted", f"the sweep was interrupted ({exc or 'Ctrl-C'})")
             raise
         except BaseException as exc:
             for folder in folders:
@@ -129,7 +130,7 @@ def fresh_boards(out: Path, runs: list[Run]) -> list[Path]:
     return paths
 
 
-def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[dict] | None:
+def train_group(group: list[Run], out: Path, assumptions: Assumptions, stop: StopRequest | None = None) -> list[dict] | None:
     """Train a group of seeds as one batched run; None when one of its replicas failed on its own
     (a warning says so; the caller then trains the seeds one by one). Other errors stop the sweep."""
     folders = [folder_of(out, run) for run in group]
@@ -139,7 +140,7 @@ def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[d
             # one call for the group; each seed logs to its own TensorBoard run, DIR/tensorboard/<name>
             boards = fresh_boards(out, group)
             batch = runner.train_replicas(first.cfg, folders[0].path, [run.cfg.seed for run in group],
-                                          assumptions=assumptions(first.cfg), tensorboard_dirs=boards)
+                                          assumptions=assumptions(first.cfg), stop=stop, tensorboard_dirs=boards)
             if rank_zero():
                 for folder, results in zip(folders, batch, strict=True):
                     folder.finish(results)
@@ -151,7 +152,7 @@ def train_group(group: list[Run], out: Path, assumptions: Assumptions) -> list[d
     return batch
 
 
-def train_one(run: Run, out: Path, assumptions: Assumptions) -> dict:
+def train_one(run: Run, out: Path, assumptions: Assumptions, stop: StopRequest | None = None) -> dict:
     """Train one run; a run failure (diverged, vanished) is recorded as final (status.json) and
     returned as {'failed': message} with a warning; other errors stop the sweep."""
     folder = folder_of(out, run)
@@ -161,7 +162,8 @@ def train_one(run: Run, out: Path, assumptions: Assumptions) -> dict:
             boards = fresh_boards(out, [run])
             try:
                 results = runner.train_replicas(run.cfg, folder.path, [run.cfg.seed],
-                                                assumptions=assumptions(run.cfg), tensorboard_dirs=boards)[0]
+                                                assumptions=assumptions(run.cfg), stop=stop,
+                                                tensorboard_dirs=boards)[0]
             except MimError as exc:
                 if not run_failure(exc):
                     raise
@@ -179,7 +181,8 @@ def train_one(run: Run, out: Path, assumptions: Assumptions) -> dict:
     return results
 
 
-def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = None) -> tuple[dict[str, dict], int]:
+def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = None,
+            stop: StopRequest | None = None) -> tuple[dict[str, dict], int]:
     """Train every run of the sweep that is not done; ({run key: results dict} for all runs, the
     number of runs trained). A progress bar on stderr counts the runs to train, with an estimate
     of the time left; a line before it and one after count all runs, cached ones included.
@@ -213,9 +216,9 @@ def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = N
         with click.progressbar(length=to_train, label=label, file=sys.stderr, show_pos=True, show_eta=True,
                                hidden=not zero) as bar:
             for group in todo:
-                batch = train_group(group, out, assumptions) if len(group) > 1 and batchable(group[0].cfg) else None
+                batch = train_group(group, out, assumptions, stop) if len(group) > 1 and batchable(group[0].cfg) else None
                 for i, run in enumerate(group):
-                    results[run.key] = batch[i] if batch is not None else train_one(run, out, assumptions)
+                    results[run.key] = batch[i] if batch is not None else train_one(run, out, assumptions, stop)
                     if batch is None:
                         bar.update(1)
                 if batch is not None:

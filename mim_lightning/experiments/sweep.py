@@ -15,6 +15,7 @@ import yaml
 
 from mim_lightning.analysis.theory import alpha_c
 from mim_lightning.errors import MimError
+from mim_lightning.experiments import board
 from mim_lightning.experiments.execute import execute, rank_zero, seed_groups
 from mim_lightning.experiments.grid import Sweep, load_sweep, sweep_section
 from mim_lightning.experiments.plots import Figures, Shape, plot_sweep
@@ -51,8 +52,9 @@ def default_out(path: str | Path) -> Path:
     return Path("runs") / Path(path).stem
 
 
-def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo) -> dict:
+def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
+    ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM.
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
     sweep = load_sweep(path, overrides)
     out = Path(out) if out is not None else default_out(path)
@@ -63,15 +65,18 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     if zero:
         write_atomic(out / "sweep.yaml", yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep_section(sweep)},
                                                         sort_keys=False))
+        board.start(sweep, out)
     echo(f"{len(sweep.runs)} runs ({len(seed_groups(sweep.runs))} group(s) of seeds) in {out / 'runs'}", err=True)
-    results, trained = execute(sweep, out)
+    results, trained = execute(sweep, out, stop=stop)
     rows = rows_of(sweep, results)
     done = {"sweep": sweep, "rows": rows, "results": results, "plots": [], "trained": trained}
     if not zero:
         return done
     write_csv(sweep, rows, out / "results.csv")
     done["plots"] = plots = plot_sweep(rows, shapes_of(sweep), figures_of(sweep), out)
-    echo(table(sweep, rows))
+    summary = table(sweep, rows)
+    board.add_figures(out, plots, summary)
+    echo(summary)
     written = ", ".join(p.name for p in plots) if plots else "no plots (only seed is swept)"
     echo(f"wrote {out / 'results.csv'}; plots: {written}")
     failed = sum(row["status"] != "ok" for row in rows)
