@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.fabric.loggers import TensorBoardLogger
 
 from mim_lightning.analysis.assumptions import check_components
 from mim_lightning.analysis.report import jsonable, markdown_table, violations, warning_line
 from mim_lightning.analysis.theory import population_matrix
-from mim_lightning.config import Config, flatten
+from mim_lightning.config import Config
+from mim_lightning.core.chance import mass_per_dimension, median_min_cosine, subspace_mass
 from mim_lightning.core.measures import direction_mass
 from mim_lightning.core.network import TwoLayerNetwork
 from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines
@@ -35,6 +35,7 @@ from mim_lightning.training.memory import check_run_memory, run_memory
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
+from mim_lightning.training.tensorboard import Board, hparam_infos, hparam_values
 
 SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
 DENSE_MAX_D = 4096  # baseline.spectral = auto: the dense eigensolver up to this d
@@ -90,12 +91,18 @@ def validate(cfg: Config) -> None:
     plan_run(cfg, check=False)
 
 
-def eigen_direction_mass(cfg: Config, W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Weight of W along each eigenvector of M = E[loss'(0, y)(z z^T - I)] (stage-1 loss), ordered
-    by |eigenvalue| descending: (K, r). M comes from ``population_matrix`` (cached)."""
+def eigenvectors(cfg: Config) -> np.ndarray:
+    """The eigenvectors of M = E[loss'(0, y)(z z^T - I)] (stage-1 loss) as columns (r, r), ordered
+    by |eigenvalue| descending. M comes from ``population_matrix`` (cached)."""
     M, _ = population_matrix(cfg.data.link, cfg.stage1.loss, cfg.data.r)
     values, vectors = np.linalg.eigh(0.5 * (M + M.T))
-    vectors = vectors[:, np.argsort(-np.abs(values), kind="stable")]
+    return vectors[:, np.argsort(-np.abs(values), kind="stable")]
+
+
+def eigen_direction_mass(cfg: Config, W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Weight of W along each eigenvector of M (``eigenvectors``), ordered by |eigenvalue|
+    descending: (K, r)."""
+    vectors = eigenvectors(cfg)
     basis = torch.einsum("lk,nld->nkd", torch.as_tensor(vectors, dtype=U.dtype, device=U.device), U)
     return direction_mass(W.detach(), basis)
 
@@ -197,16 +204,26 @@ def _resume_state(cfg: Config, out: Path, seeds: list[int]) -> dict:
 
 
 def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool = False,
-                   stop: StopRequest | None = None, plan: RunPlan | None = None) -> list[dict]:
+                   stop: StopRequest | None = None, plan: RunPlan | None = None,
+                   tensorboard_dirs: list[Path] | None = None) -> list[dict]:
     """K independent runs (one per seed) trained at once: one results dict per seed (the contract
-    fields of results.json). TensorBoard shows the first replica."""
+    fields of results.json).
+
+    TensorBoard: by default the first replica, in ``OUT/tensorboard`` (its HParams trial id OUT's
+    name, with the HParams experiment: the columns); with ``tensorboard_dirs`` (one folder per seed)
+    each replica in its own folder, its trial id the folder's name, and no experiment (the caller,
+    e.g. a sweep, writes it once with its swept keys first)."""
     seeds, out = list(seeds), Path(out)
     plan = plan or plan_run(cfg, check=False)
     solver = solver_for(cfg, replicas=len(seeds))
     stop = stop or StopRequest()
     state = _resume_state(cfg, out, seeds) if resume else None
-    logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    history = MetricHistory(cfg, logger.log_metrics)
+    if tensorboard_dirs is not None and len(tensorboard_dirs) != len(seeds):
+        raise ValueError(f"tensorboard_dirs: one folder per seed ({len(seeds)}), got {len(tensorboard_dirs)}")
+    dirs = [out / "tensorboard"] if tensorboard_dirs is None else [Path(p) for p in tensorboard_dirs]
+    trials = [out.resolve().name] if tensorboard_dirs is None else [p.name for p in dirs]
+    boards = [Board(p) for p in dirs]
+    history = MetricHistory(cfg, [board.scalars for board in boards], eigenvectors(cfg))
     outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
     if state is not None and state["stage"] == "stage1":
         history.rows = state["history"]
@@ -223,13 +240,21 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
 
     last = {"stage1": cfg.stage1.steps, "stage2": 1 if solver == "ridge" else cfg.stage2.steps}
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
-    fabric = make_fabric(cfg, [logger], [history, DivergenceGuard(cfg), saver])
+    fabric = make_fabric(cfg, [], [history, DivergenceGuard(cfg), saver])
     fabric.launch()
-    if assumptions and state is None:
-        experiment = logger.experiment
-        if hasattr(experiment, "add_text"):
-            experiment.add_text("assumptions", markdown_table(assumptions), global_step=0)
+    for k, board in enumerate(boards):
+        board.enabled = fabric.is_global_zero
+        if state is None:
+            log_start(board, cfg.model_copy(update={"seed": seeds[k]}), trials[k], assumptions, tensorboard_dirs is None)
+    try:
+        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric)
+    finally:  # a failed run's TensorBoard files keep what it logged
+        for board in boards:
+            board.close()
 
+
+def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric) -> list[dict]:
+    """The stages of ``train_replicas`` on its Fabric, from ``state`` (a checkpoint) if given."""
     timings = dict(outputs.get("timings", {}))
     start = time.perf_counter()
     components, dm, network = build(cfg, seeds, plan.components, fabric, poll=lambda: stop.check("data generation"))
@@ -242,6 +267,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
         outputs.update({"history": history.rows, "timings": dict(timings),
                         "spectral": {order: cos.tolist() for order, cos in spectral.items()},
                         "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
+        for k, board in enumerate(boards):
+            log_references(board, cfg, spectral, k)
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
                                       state if state is not None and state["stage"] == "stage2" else None)
@@ -250,22 +277,48 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
 
     results = [replica_results(cfg.model_copy(update={"seed": seed}), k, outputs, stage2.last_loss, test_rel_mse,
                                assumptions, timings) for k, seed in enumerate(seeds)]
-    log_final(logger, cfg, results[0])
+    for board, replica in zip(boards, results):
+        log_final(board, cfg, replica)
     return results
 
 
-def log_final(logger, cfg: Config, first: dict) -> None:
-    """The first replica's final metrics and the flattened config to TensorBoard's HParams."""
+def log_start(board: Board, cfg: Config, trial: str, assumptions, experiment: bool) -> None:
+    """A replica's TensorBoard header: its HParams session (typed config values, trial id), the
+    CUSTOM SCALARS layout, the assumption report (TEXT) and, with ``experiment``, the HParams
+    experiment (the columns: defining keys first, then the final metrics)."""
+    if experiment:
+        board.experiment(hparam_infos())
+    board.session_start(hparam_values(cfg), trial)
+    board.layout()
+    if assumptions:
+        board.text("assumptions", markdown_table(assumptions), "The assumption checks of the run's link, "
+                   "stage-1 loss and activation (`mim check`; docs/theory.md#assumptions).")
+
+
+def log_references(board: Board, cfg: Config, spectral: dict, k: int) -> None:
+    """Replica k's reference series, constant at steps 0 and T1: the spectral baseline's smallest
+    principal cosine and the chance levels of the cosine and the masses."""
+    d, r = cfg.data.d, cfg.data.r
+    values = {"stage1/principal_cosine_min_chance": median_min_cosine(d, r),
+              "stage1/subspace_mass_chance": subspace_mass(d, r), "stage1/direction_mass_chance": mass_per_dimension(d)}
+    ordered = spectral.get(SPECTRAL_ORDER[cfg.model.signs])
+    if ordered is not None:
+        values["stage1/principal_cosine_min_spectral"] = float(ordered[k].min())
+    board.constant(values, (0, cfg.stage1.steps))
+
+
+def log_final(board: Board, cfg: Config, results: dict) -> None:
+    """A replica's final metrics (constant at steps 0 and T1; the HParams metrics) and the end of
+    its HParams session."""
     final_metrics = {
-        "final/min_principal_cosine": min(first["principal_cosines"]),
-        "final/subspace_mass": first["subspace_mass"],
-        "final/test_rel_mse": first["test_rel_mse"],
+        "final/min_principal_cosine": min(results["principal_cosines"]),
+        "final/subspace_mass": results["subspace_mass"],
+        "final/test_rel_mse": results["test_rel_mse"],
     }
-    if first["spectral_principal_cosines"] is not None:
-        final_metrics["final/spectral_min_principal_cosine"] = min(first["spectral_principal_cosines"])
-    hparams = {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg.model_dump()).items()}
-    logger.log_hyperparams(hparams, metrics=final_metrics)
-    logger.finalize("success")
+    if results["spectral_principal_cosines"] is not None:
+        final_metrics["final/spectral_min_principal_cosine"] = min(results["spectral_principal_cosines"])
+    board.constant(final_metrics, (0, cfg.stage1.steps))
+    board.session_end()
 
 
 def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_mse, assumptions, timings) -> dict:

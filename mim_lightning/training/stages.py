@@ -40,7 +40,9 @@ class _FullBatchModule(L.LightningModule):
             parameter.requires_grad_(name in self.trained)
 
     def accumulate_loss(self, per_sample: torch.Tensor) -> None:
-        part = per_sample.detach().sum(-1)
+        """Sum the chunk's per-sample losses in float64: a float32 sum of n values near the loss of
+        the zero predictor jitters by its last bit, which is all stage 1 changes while W is small."""
+        part = per_sample.detach().sum(-1, dtype=torch.float64)
         self.loss_sum = part if self.loss_sum is None else self.loss_sum + part
 
     def pass_mean_loss(self) -> torch.Tensor:
