@@ -84,3 +84,23 @@ def matrix_free_cosines(passes: Callable, loss: Callable, shift: torch.Tensor, n
 
     found, _ = top_eigenpairs_matrix_free(apply, K, d, r, orders=tuple(orders), tol=tol, device=U.device)
     return {order: principal_cosines(vectors.to(U.dtype), U) for order, (vectors, _) in found.items()}
+
+
+def unbounded_fraction(chunks, loss: Callable, shift: torch.Tensor, n: int, reduce: Callable,
+                       far: float = 1e4) -> torch.Tensor:
+    """Fraction of samples (K,) on which the stage-1 objective loss(t, y) + shift * t has no lower
+    bound in the prediction t: its slope at t = +far is negative or at t = -far positive (for a
+    preprocessed loss sqrt(1 + t^2) - 1 - t T(y) this is |T(y) - shift| > 1). Gradient descent run
+    long enough sends f to infinity on those samples."""
+    total = None
+    for _, y in chunks:
+        with torch.enable_grad():
+            t = torch.full_like(y, far).requires_grad_(True)
+            (up,) = torch.autograd.grad(loss(t, y).sum(), t)
+            t = torch.full_like(y, -far).requires_grad_(True)
+            (down,) = torch.autograd.grad(loss(t, y).sum(), t)
+        shifted = shift.unsqueeze(-1)
+        bad = ((up + shifted) < -1e-6) | ((down + shifted) > 1e-6)
+        part = bad.sum(-1).to(torch.float64)
+        total = part if total is None else total + part
+    return reduce(total) / n

@@ -24,7 +24,7 @@ from mim_lightning.config import Config
 from mim_lightning.core.chance import mass_per_dimension, median_min_cosine, subspace_mass
 from mim_lightning.core.measures import direction_mass
 from mim_lightning.core.network import TwoLayerNetwork
-from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines
+from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines, unbounded_fraction
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.validate import RunComponents, resolve_run_components
 from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
@@ -132,7 +132,10 @@ def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabr
 
 def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None):
     """Stage 1 on D1 (from a stage-1 checkpoint ``state`` if given), then the spectral baseline on the
-    same D1 and preprocessing: (shift (K,), {order: principal cosines (K, r)})."""
+    same D1 and preprocessing: (shift (K,), baselines) with baselines["spectral"] = {order: principal
+    cosines (K, r)} for T(y) - shift, baselines["spectral_uncentred"] the same for T(y) (when
+    centring; centring adds -shift X^T X / n, whose noise can hurt the estimator), and
+    baselines["unbounded_fraction"] (K,) from ``unbounded_fraction`` (a warning when positive)."""
     fabric = fabric or make_fabric(cfg)
     reduce = _reducer(fabric)
     if state is not None:
@@ -141,11 +144,22 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
         shift = mean_preprocessing(dm.chunks("d1"), components.stage1_loss, dm.n("d1"), reduce)
     else:
         shift = torch.zeros(len(dm.seeds), device=fabric.device)
+    unbounded = unbounded_fraction(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), reduce)
+    if fabric.is_global_zero and state is None and float(unbounded.max()) > 0:
+        sys.stderr.write(
+            f"Warning: stage 1's objective loss(t, y) + mean(T) t is unbounded below in t on "
+            f"{100 * float(unbounded.max()):.1f}% of D1 (the centred preprocessing T(y) - mean(T) exceeds the loss's "
+            f"slope bound there): run long enough, stage 1 sends f to infinity on those samples; set stage1.center=false "
+            f"or use a loss whose preprocessing stays within its slope bound\n")
     stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift)
     stage1.U = dm.U
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
-    return shift, spectral_baseline(cfg, components, dm, shift, reduce)
+    baselines = {"spectral": spectral_baseline(cfg, components, dm, shift, reduce), "unbounded_fraction": unbounded}
+    centred = bool((shift != 0).any())
+    baselines["spectral_uncentred"] = (spectral_baseline(cfg, components, dm, torch.zeros_like(shift), reduce)
+                                       if centred else baselines["spectral"])
+    return shift, baselines
 
 
 def spectral_method(cfg: Config) -> str:
@@ -261,14 +275,16 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
     if state is not None:
         network.load_state_dict(state["network"])
     if state is None or state["stage"] == "stage1":
-        shift, spectral = run_stage1(cfg, components, dm, network, fabric, state)
+        shift, baselines = run_stage1(cfg, components, dm, network, fabric, state)
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
         outputs.update({"history": history.rows, "timings": dict(timings),
-                        "spectral": {order: cos.tolist() for order, cos in spectral.items()},
+                        "spectral": {order: cos.tolist() for order, cos in baselines["spectral"].items()},
+                        "spectral_uncentred": {order: cos.tolist() for order, cos in baselines["spectral_uncentred"].items()},
+                        "unbounded_fraction": baselines["unbounded_fraction"].tolist(),
                         "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
         for k, board in enumerate(boards):
-            log_references(board, cfg, spectral, k)
+            log_references(board, cfg, baselines["spectral"], k)
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
                                       state if state is not None and state["stage"] == "stage2" else None)
@@ -325,6 +341,7 @@ def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_ms
     """The results.json fields of replica k (spectral fields None when baseline.spectral = off)."""
     final = outputs["history"][-1]
     spectral = {order: cosines[k] for order, cosines in outputs["spectral"].items()}
+    uncentred = {order: cosines[k] for order, cosines in outputs["spectral_uncentred"].items()}
     return {
         "principal_cosines": final["principal_cosines"][k],
         "subspace_mass": final["subspace_mass"][k],
@@ -333,6 +350,8 @@ def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_ms
         "spectral_order": SPECTRAL_ORDER[cfg.model.signs],
         "spectral_principal_cosines_magnitude": spectral.get("magnitude"),
         "spectral_principal_cosines_largest": spectral.get("largest"),
+        "spectral_principal_cosines_uncentred": uncentred.get(SPECTRAL_ORDER[cfg.model.signs]),
+        "stage1_unbounded_fraction": outputs["unbounded_fraction"][k],
         "direction_mass": outputs["direction_mass"][k],
         "stage2_loss": None if stage2_loss is None else float(stage2_loss[k]),
         "config": cfg.model_dump(),
