@@ -28,7 +28,8 @@ from helpers import TINY
 BASE = {"data": {"d": 32, "alpha2": 8, "n_test": 512}, "model": {"width": 32}, "stage1": {"steps": 3}}
 COLUMNS = ["data.alpha", "seed", "min_principal_cosine", "mean_principal_cosine", "subspace_mass", "test_rel_mse",
            "spectral_min_principal_cosine", "spectral_mean_principal_cosine", "spectral_subspace_mass",
-           "spectral_largest_min_principal_cosine", "weakest_eigenspace_mass_per_dim", "stage2_loss", "status", "run"]
+           "spectral_largest_min_principal_cosine", "spectral_uncentred_min_principal_cosine",
+           "weakest_eigenspace_mass_per_dim", "stage1_unbounded_fraction", "stage2_loss", "status", "run"]
 PLOTS = ["min_principal_cosine.png", "subspace_mass.png", "test_rel_mse.png"]  # sum_he2: M = -2 I, no weakest eigenspace
 
 
@@ -89,6 +90,9 @@ def test_sweep_writes_csv_plots_and_table(swept):
         folder = out / "runs" / row["run"]
         results = json.loads((folder / "results.json").read_text())
         assert float(row["min_principal_cosine"]) == min(results["principal_cosines"])
+        assert float(row["spectral_uncentred_min_principal_cosine"]) == min(results["spectral_principal_cosines_uncentred"])
+        assert row["spectral_uncentred_min_principal_cosine"] != row["spectral_min_principal_cosine"]  # centred (default)
+        assert float(row["stage1_unbounded_fraction"]) == results["stage1_unbounded_fraction"] == 0.0  # huber
         assert results["config"]["seed"] == int(row["seed"])
         assert results["config"]["data"]["alpha"] == float(row["data.alpha"])
         assert yaml.safe_load((folder / "config.yaml").read_text()) == results["config"]
@@ -100,6 +104,7 @@ def test_sweep_writes_csv_plots_and_table(swept):
     assert not (out / "weakest_eigenspace_mass_per_dim.png").exists()
     assert "sweep: 0 of 4 runs cached, training 4" in output  # the progress bar's label off a terminal
     assert "means over seeds" in output and "sweep: 4/4 runs (0 cached, 4 trained in" in output
+    assert "spectral  uncentred" in output  # stage 1 centres: the table shows the baseline both ways
 
 
 def test_rerun_trains_nothing(swept, monkeypatch):
@@ -258,6 +263,25 @@ def test_failed_runs_are_marked_and_the_baseline_stays():
     (ax,) = fig.axes
     assert [text.get_text() for text in ax.texts] == ["2/2", "1/2"]
     assert any("3 failed run(s)" in text.get_text() for text in ax.get_legend().get_texts())
+
+
+def test_the_uncentred_baseline_is_drawn_where_it_differs():
+    res = {"principal_cosines": [0.8, 0.9], "spectral_principal_cosines": [0.6, 0.7],
+           "spectral_principal_cosines_uncentred": [0.65, 0.7], "stage1_unbounded_fraction": 0.07}
+    row = tables.metrics_of(res)
+    assert row["spectral_uncentred_min_principal_cosine"] == 0.65 and row["stage1_unbounded_fraction"] == 0.07
+    plain = {**res, "spectral_principal_cosines_uncentred": [0.6, 0.7]}  # stage1.center=false: the same baseline
+    rows = [{"variant": v, "data.alpha": a, **tables.metrics_of(r), "status": "ok", "run": "k"}
+            for v, r in [("centred", res), ("plain", plain)] for a in (1, 2)]
+    spec = plots.Figures("data.alpha", [1, 2], ["variant"])
+    figs = plots.figures(rows, {"k": plots.Shape(16, 2, "sum_he2")}, spec)
+    assert lines(figs["min_principal_cosine"], "uncentred") == {"uncentred:variant=centred": ([1, 2], [0.65, 0.65])}
+    assert lines(figs["subspace_mass"], "uncentred") == {}
+    (ax,) = figs["min_principal_cosine"].axes
+    assert any("uncentred" in text.get_text() for text in ax.get_legend().get_texts())
+    sweep = grids.Sweep(base=None, axes={"variant": ["centred", "plain"], "data.alpha": [1, 2]})
+    assert "uncentred" in tables.table(sweep, rows).splitlines()[0]
+    assert "uncentred" not in tables.table(sweep, rows[2:]).splitlines()[0]
 
 
 def test_legends_are_outside_the_axes(swept):

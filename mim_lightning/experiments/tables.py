@@ -29,7 +29,9 @@ METRICS = [
     "spectral_mean_principal_cosine",
     "spectral_subspace_mass",
     "spectral_largest_min_principal_cosine",
+    "spectral_uncentred_min_principal_cosine",
     "weakest_eigenspace_mass_per_dim",
+    "stage1_unbounded_fraction",
     "stage2_loss",
 ]
 
@@ -71,6 +73,7 @@ def metrics_of(results: dict, weakest: tuple[int, ...] | None = None) -> dict[st
     cos = results.get("principal_cosines")
     spec = results.get("spectral_principal_cosines")
     largest = results.get("spectral_principal_cosines_largest")
+    uncentred = results.get("spectral_principal_cosines_uncentred")
     mass = results.get("direction_mass")
     return {
         "min_principal_cosine": min(cos) if cos else None,
@@ -82,9 +85,13 @@ def metrics_of(results: dict, weakest: tuple[int, ...] | None = None) -> dict[st
         # the subspace mass of the estimator's r orthonormal eigenvectors: the mean squared cosine
         "spectral_subspace_mass": sum(c * c for c in spec) / len(spec) if spec else None,
         "spectral_largest_min_principal_cosine": min(largest) if largest else None,
+        # the baseline with T(y) instead of T(y) - mean(T) (equal to the above when stage 1 does not centre)
+        "spectral_uncentred_min_principal_cosine": min(uncentred) if uncentred else None,
         # weight per dimension in the eigenspace of M with the smallest |eigenvalue|: 0 is collapse
         "weakest_eigenspace_mass_per_dim": (sum(mass[i] for i in weakest) / len(weakest)
                                             if mass and weakest else None),
+        # fraction of D1 on which stage 1's (centred) objective is unbounded below in the prediction
+        "stage1_unbounded_fraction": results.get("stage1_unbounded_fraction"),
         "stage2_loss": results.get("stage2_loss"),
     }
 
@@ -134,18 +141,31 @@ def mean_cell(values: list, fmt: str) -> str:
     return fmt.format(sum(done) / len(done)) if done else "-"
 
 
+UNCENTRED = ("spectral_uncentred_min_principal_cosine", "uncentred", "{:.3f}")
+
+
+def centred_baseline_differs(rows: list[dict]) -> bool:
+    """Whether some run's uncentred spectral baseline differs from its (centred) reported one."""
+    return any(row.get(UNCENTRED[0]) is not None and row.get(UNCENTRED[0]) != row.get("spectral_min_principal_cosine")
+               for row in rows)
+
+
 def table(sweep: Sweep, rows: list[dict]) -> str:
     """Means over seeds, one line per combination of the other swept keys (a 'failed' column when
-    some runs failed: the means are over the others)."""
+    some runs failed: the means are over the others; an 'uncentred' column, the spectral baseline
+    with T(y) instead of T(y) - mean(T), when some run centred stage 1)."""
     keys = [k for k in sweep.keys if k != "seed"]
     failures = any(row["status"] != "ok" for row in rows)
-    head = [*keys, "seeds", *(["failed"] if failures else []), *(label for _, label, _ in TABLE)]
+    shown = list(TABLE)
+    if centred_baseline_differs(rows):
+        shown.insert(2, UNCENTRED)
+    head = [*keys, "seeds", *(["failed"] if failures else []), *(label for _, label, _ in shown)]
     body = []
     for values, group in grouped(rows, keys):
         cells = [v if isinstance(v, str) else json.dumps(v) for v in values] + [str(len(group))]
         if failures:
             cells.append(str(sum(row["status"] != "ok" for row in group)))
-        cells += [mean_cell([r[m] for r in group], fmt) for m, _, fmt in TABLE]
+        cells += [mean_cell([r.get(m) for r in group], fmt) for m, _, fmt in shown]
         body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
