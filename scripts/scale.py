@@ -1,8 +1,11 @@
-"""Scale check: one full run at large d with chunked full-batch passes; reports wall time per stage
-and the process's peak resident memory (and the GPU's peak allocation on a GPU).
+"""Scale check: one whole run (`mim train`'s code path) at large d, with the data streamed from its
+seeds and the matrix-free spectral baseline. Reports wall time per part, seconds per stage-1 step,
+the process's peak resident memory (and the GPU's peak allocation on a GPU), what the stored data
+would have taken, and the principal cosines of the network and of the baseline. Writes JSON.
 
-    python scripts/scale.py                                  # CPU: d = 4096, alpha = 8
-    python scripts/scale.py --accelerator gpu --d 16384 --alpha 16 --width 1024
+    python scripts/scale.py                                       # CPU: d = 16384, alpha = 2
+    python scripts/scale.py --accelerator gpu --d 65536 --alpha 4 --matmul-precision high
+    python scripts/scale.py --d 2048 --alpha 4 --compare-dense    # matrix-free against dense
 """
 
 from __future__ import annotations
@@ -21,35 +24,57 @@ from mim_lightning.config import load_config
 from mim_lightning.training.run import train
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--d", type=int, default=4096)
-    parser.add_argument("--alpha", type=float, default=8)
-    parser.add_argument("--alpha2", type=float, default=4)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--chunk-size", type=int, default=8192)
-    parser.add_argument("--json", default="scale.json")
-    args = parser.parse_args()
-    quiet_lightning()
+def run(args, baseline: str) -> dict:
     cfg = load_config(None, [f"data.d={args.d}", f"data.alpha={args.alpha}", f"data.alpha2={args.alpha2}",
-                             f"model.width={args.width}", f"stage1.steps={args.steps}", "data.n_test=4096",
-                             f"data.chunk_size={args.chunk_size}", f"trainer.accelerator={args.accelerator}",
-                             "metrics.subspace=tracked"])
+                             f"data.link={args.link}", f"data.r={args.r}", f"model.width={args.width}",
+                             f"stage1.steps={args.steps}", f"data.n_test={args.n_test}", f"data.stream={args.stream}",
+                             f"baseline.spectral={baseline}", f"trainer.accelerator={args.accelerator}",
+                             f"trainer.matmul_precision={args.matmul_precision}", "checkpoint.every_n_steps=1000000"])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = train(cfg, Path(tmp))
-    row = {"d": args.d, "n1": cfg.n1, "n2": cfg.n2, "width": args.width, "steps": args.steps,
-           "chunk_size": args.chunk_size, "accelerator": args.accelerator,
+    row = {"d": args.d, "alpha": args.alpha, "n1": cfg.n1, "n2": cfg.n2, "width": args.width, "steps": args.steps,
+           "link": args.link, "r": args.r, "stream": args.stream, "baseline": baseline,
+           "accelerator": args.accelerator, "matmul_precision": args.matmul_precision,
            "seconds": time.perf_counter() - start, "timings": results["timings"],
+           "seconds_per_step": results["timings"]["stage1_steps"] / args.steps,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-           "data_gib": 4 * (cfg.n1 + cfg.n2 + cfg.data.n_test) * args.d / 2**30,
-           "min_principal_cosine": min(results["principal_cosines"])}
+           "stored_d1_gib": 4 * cfg.n1 * (args.d + 1) / 2**30,
+           "principal_cosines": results["principal_cosines"],
+           "spectral_principal_cosines": results["spectral_principal_cosines"],
+           "spectral_principal_cosines_uncentred": results["spectral_principal_cosines_uncentred"]}
     if torch.cuda.is_available() and args.accelerator == "gpu":
         row["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    print(json.dumps(row, indent=2))
-    Path(args.json).write_text(json.dumps(row, indent=2))
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--d", type=int, default=16384)
+    parser.add_argument("--alpha", type=float, default=2)
+    parser.add_argument("--alpha2", type=float, default=2)
+    parser.add_argument("--link", default="sum_he2")
+    parser.add_argument("--r", type=int, default=2)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--n-test", type=int, default=4096)
+    parser.add_argument("--stream", default="true")
+    parser.add_argument("--matmul-precision", default="highest")
+    parser.add_argument("--compare-dense", action="store_true", help="also run the dense baseline on the same data")
+    parser.add_argument("--json", default="scale.json")
+    args = parser.parse_args()
+    quiet_lightning()
+    rows = [run(args, "matrix_free")]
+    if args.compare_dense:
+        rows.append(run(args, "dense"))
+        free, dense = rows[0], rows[1]
+        rows[0]["max_cosine_difference_to_dense"] = max(
+            abs(a - b) for key in ("spectral_principal_cosines", "spectral_principal_cosines_uncentred")
+            for a, b in zip(free[key], dense[key], strict=True))
+    print(json.dumps(rows, indent=2))
+    Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

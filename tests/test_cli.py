@@ -43,7 +43,7 @@ def test_train_writes_the_contract(tmp_path):
     assert len(results["principal_cosines"]) == 2
     assert results["principal_cosines"] == sorted(results["principal_cosines"], reverse=True)
     assert [h["step"] for h in results["history"]] == [0, 1, 2, 3, 4]
-    assert set(results["timings"]) == {"stage1", "stage2"}
+    assert set(results["timings"]) == {"stage1", "stage1_steps", "baseline", "stage2"}
     assert sum(results["direction_mass"]) == pytest.approx(results["subspace_mass"], rel=1e-4)
     assert results["spectral_order"] == "magnitude"
     assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_magnitude"]

@@ -65,23 +65,24 @@ def labels(link: Callable, z: torch.Tensor, link_name: str) -> torch.Tensor:
 def make_blocks(seeds, split, blocks, U, link, link_name, noise, device, poll=None):
     """The samples of ``blocks`` ((block index, rows) pairs) of a split for every replica:
     x (K, rows, d), y (K, rows). Block b of replica k is drawn from its own seed (seed_k, split, b),
-    so any subset of blocks is generated alone with the same numbers. ``poll()`` runs after each
-    block."""
-    d = U.shape[-1]
-    xs, ys = [], []
+    so any subset of blocks is generated alone with the same numbers; each block is drawn straight
+    into its rows of x (no intermediate copies). ``poll()`` runs after each block."""
+    K, d = len(seeds), U.shape[-1]
+    total = sum(rows for _, rows in blocks)
+    x = torch.empty(K, total, d, device=device)
+    y = torch.empty(K, total, device=device)
     for k, seed in enumerate(seeds):
-        xk, yk = [], []
+        start = 0
         for block, rows in blocks:
             g = generator(seed, split, device, block)
-            x = torch.randn(rows, d, generator=g, device=device)
+            part = x[k, start:start + rows]
+            torch.randn(rows, d, generator=g, device=device, out=part)
             eps = torch.randn(rows, generator=g, device=device)
-            xk.append(x)
-            yk.append(labels(link, x @ U[k].T, link_name) + noise * eps)
+            y[k, start:start + rows] = labels(link, part @ U[k].T, link_name) + noise * eps
+            start += rows
             if poll is not None:
                 poll()
-        xs.append(torch.cat(xk) if xk else torch.empty(0, d, device=device))
-        ys.append(torch.cat(yk) if yk else torch.empty(0, device=device))
-    return torch.stack(xs), torch.stack(ys)
+    return x, y
 
 
 def check_labels(y: torch.Tensor, link_name: str, split: str) -> None:

@@ -153,13 +153,34 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
             f"or use a loss whose preprocessing stays within its slope bound\n")
     stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift)
     stage1.U = dm.U
+    clock = _Clock(fabric)
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
+    steps_seconds = clock.lap()
     baselines = {"spectral": spectral_baseline(cfg, components, dm, shift, reduce), "unbounded_fraction": unbounded}
     centred = bool((shift != 0).any())
     baselines["spectral_uncentred"] = (spectral_baseline(cfg, components, dm, torch.zeros_like(shift), reduce)
                                        if centred else baselines["spectral"])
+    baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
     return shift, baselines
+
+
+class _Clock:
+    """Wall-clock laps that include the device's queued work (one synchronisation per lap)."""
+
+    def __init__(self, fabric):
+        self.cuda = fabric.device.type == "cuda"
+        self.last = self.now()
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self.now()
+        elapsed, self.last = now - self.last, now
+        return elapsed
 
 
 def spectral_method(cfg: Config) -> str:
@@ -278,6 +299,7 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
         shift, baselines = run_stage1(cfg, components, dm, network, fabric, state)
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
+        timings.update(baselines["seconds"])
         outputs.update({"history": history.rows, "timings": dict(timings),
                         "spectral": {order: cos.tolist() for order, cos in baselines["spectral"].items()},
                         "spectral_uncentred": {order: cos.tolist() for order, cos in baselines["spectral_uncentred"].items()},

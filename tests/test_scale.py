@@ -1,0 +1,75 @@
+"""Scale: streamed data never materialise n x d, and the matrix-free baseline equals the dense one."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mim_lightning.core.streams import random_subspace
+from mim_lightning.core.spectral import matrix_free_cosines, spectral_cosines
+from mim_lightning.plugins.builtins.links import sum_he2, z1z2
+from mim_lightning.plugins.builtins.losses import huber
+
+from helpers import tiny_config
+
+PEAK = """
+import resource, sys
+from mim_lightning.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    sys.stderr.write(f"PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n")
+"""
+
+
+@pytest.mark.slow
+def test_a_streamed_run_holds_far_less_than_its_data(tmp_path):
+    """d = 4096, n1 = 16 d: D1 alone would take 1 GiB stored; the whole streamed run (torch and
+    Lightning included, ~0.35 GiB of it) peaks below half of that."""
+    sets = ["data.d=4096", "data.alpha=16", "data.alpha2=1", "data.n_test=1024", "model.width=16", "stage1.steps=2",
+            "data.stream=true", "data.chunk_size=2048", "baseline.spectral=off"]
+    done = subprocess.run([sys.executable, "-c", PEAK, "train", "--out", str(tmp_path),
+                           *[arg for item in sets for arg in ("--set", item)]], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stderr.split("PEAK ")[-1])
+    stored_d1 = 4 * 16 * 4096 * 4097
+    assert peak < 0.5 * stored_d1, (peak / 2**20, stored_d1 / 2**20)
+    assert json.loads((tmp_path / "results.json").read_text())["principal_cosines"]
+
+
+@pytest.mark.parametrize("extra", [["data.chunk_size=2048"], ["data.chunk_size=0"]])
+def test_stored_and_streamed_runs_give_the_same_numbers(tmp_path, extra):
+    from mim_lightning.training.run import train
+
+    runs = [train(tiny_config("data.alpha=80", "data.n_test=3000", f"data.stream={mode}", *extra), tmp_path / mode)
+            for mode in ("false", "true")]
+    for key in ("principal_cosines", "subspace_mass", "test_rel_mse", "spectral_principal_cosines", "stage2_loss"):
+        assert runs[1][key] == pytest.approx(runs[0][key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("link, order", [(sum_he2, ("magnitude", "largest")), (z1z2, ("magnitude", "smallest"))])
+def test_matrix_free_baseline_equals_the_dense_one(link, order):
+    """Same data, preprocessing and shift: principal cosines within 1e-4 (K = 2 replicas)."""
+    torch.manual_seed(0)
+    K, d, n = 2, 256, 1024
+    U = torch.stack([random_subspace(s, d, 2, "cpu") for s in (1, 2)])
+    x = torch.randn(K, n, d)
+    y = link(torch.einsum("knd,krd->knr", x, U))
+    chunks = [(x[:, i:i + 300], y[:, i:i + 300]) for i in range(0, n, 300)]
+    shift = torch.tensor([0.1, -0.2])
+    dense = spectral_cosines(chunks, huber, shift, n, U, lambda t: t, order)
+    free = matrix_free_cosines(lambda: chunks, huber, shift, n, U, lambda t: t, order)
+    for name in order:
+        assert torch.allclose(free[name], dense[name], atol=1e-4), name
+
+
+def test_the_memory_check_counts_the_dense_baseline():
+    from mim_lightning.training.memory import run_memory
+
+    cfg = tiny_config("data.d=65536", "data.alpha=1", "data.alpha2=1", "model.width=4")
+    parts = run_memory(cfg, 1, 0, 1024, True, "dense")
+    assert parts["the dense spectral baseline"][0] == 3 * 8 * 65536**2
+    assert "baseline.spectral=matrix_free" in parts["the dense spectral baseline"][1]
+    assert "the dense spectral baseline" not in run_memory(cfg, 1, 0, 1024, True, "matrix_free")
