@@ -3,11 +3,12 @@
 # BASE_IMAGE: any Debian or Ubuntu image whose python3 is 3.11+ and has the venv module (on a bare
 # Debian/Ubuntu: the python3 and python3-venv packages). The default is a plain Python image, not a
 # CUDA one: PyPI's torch wheel for Linux x86_64 is a CUDA build whose CUDA runtime libraries (cuBLAS,
-# cuDNN, NCCL, ...) come from PyPI as pip dependencies of torch, so `pip install` below puts the whole
-# CUDA userland into the virtual environment and the image runs on GPUs under the NVIDIA container
-# toolkit (`docker run --gpus all`), which supplies only the driver from the host. A CUDA base image
-# would add a second copy of those libraries. torch is the version constraints.txt pins (2.13.0);
-# a base image that ships another torch has it replaced in the virtual environment anyway.
+# cuDNN, NCCL, ...) come from PyPI as pip dependencies of torch. `pip install` below thus puts the
+# whole CUDA userland into the virtual environment, and the image is meant to run on GPUs under the
+# NVIDIA container toolkit (`docker run --gpus all`), which supplies only the driver from the host
+# (torch 2.13.0, the version constraints.txt pins, pulls CUDA 13: the driver must support it; this
+# path has not been run on a GPU yet). A CUDA or PyTorch base image would only add a second copy:
+# the virtual environment does not see the base's packages.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
