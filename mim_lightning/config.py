@@ -169,6 +169,8 @@ class TrainerConfig(Section):
 class BaselineConfig(Section):
     spectral: Literal["auto", "dense", "matrix_free", "off"] = Field("auto", description="spectral baseline: dense (form Sigmahat, d x d, and diagonalise it), matrix_free (block Krylov on v -> Sigmahat v in streaming passes, memory O(d r)), off, or auto (dense up to d = 4096)")
 
+    uncentred: bool = Field(True, description="with stage1.center, also compute the baseline without centring (T(y) instead of T(y) - mean T): a second solve")
+
     @field_validator("spectral", mode="before")
     @classmethod
     def _off(cls, value):

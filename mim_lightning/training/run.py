@@ -158,9 +158,12 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
     steps_seconds = clock.lap()
     baselines = {"spectral": spectral_baseline(cfg, components, dm, shift, reduce), "unbounded_fraction": unbounded}
-    centred = bool((shift != 0).any())
-    baselines["spectral_uncentred"] = (spectral_baseline(cfg, components, dm, torch.zeros_like(shift), reduce)
-                                       if centred else baselines["spectral"])
+    if not bool((shift != 0).any()):
+        baselines["spectral_uncentred"] = baselines["spectral"]
+    elif cfg.baseline.uncentred:
+        baselines["spectral_uncentred"] = spectral_baseline(cfg, components, dm, torch.zeros_like(shift), reduce)
+    else:
+        baselines["spectral_uncentred"] = {}
     baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
     return shift, baselines
 
