@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mim_lightning.core.limits import MAX_R
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.registry import closest
 
@@ -20,7 +21,6 @@ MAX_YAML_BYTES = 1 << 20  # a config file is at most 1 MiB
 MAX_OVERRIDE_CHARS = 10_000  # a --set KEY=VALUE is at most this long
 MAX_YAML_DEPTH = 20  # mappings and lists nested at most this deep
 MAX_ECHO = 80  # values echoed in error messages are cut to this many characters
-MAX_R = 32  # the assumption checks' limit on r (the Hermite expansion of Assumption 1 up to degree 2)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 GPU_PRECISIONS = ("bf16-mixed", "16-mixed")
 PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}

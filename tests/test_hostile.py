@@ -266,10 +266,10 @@ def test_a_mapping_override_merges_into_its_section():
 
 
 def test_the_config_limit_on_r_is_the_theory_limit():
-    from mim_lightning.analysis import theory
+    from mim_lightning.analysis import common
     from mim_lightning.config import MAX_R
 
-    assert MAX_R == theory.MAX_R
+    assert MAX_R == common.MAX_R
 
 
 def test_yaml_reading_is_still_plain_yaml(tmp_path):

@@ -20,10 +20,11 @@ from __future__ import annotations
 import torch
 
 from mim_lightning.analysis import theory
+from mim_lightning.analysis.common import DTYPE, HERMITE_RESIDUAL_TOL, loss_derivatives, memoize, resolve
 from mim_lightning.core.contracts import activation_values, autograd_derivative
-from mim_lightning.analysis.theory import DTYPE, eigen_summary, loss_derivatives, memoize, resolve
+from mim_lightning.analysis.moments import eigen_summary
 
-LINK_RESIDUAL_TOL = theory.HERMITE_RESIDUAL_TOL  # Assumption 1: variance fraction beyond the degree cap
+LINK_RESIDUAL_TOL = HERMITE_RESIDUAL_TOL  # Assumption 1: variance fraction beyond the degree cap
 ACTIVATION_TOL = 1e-4  # Assumption 2: |sigma'(0)| and |sigma''(0) - 1|
 ACTIVATION_STEP = 1e-4  # sigma^(k)(0) = mean of autograd values at +-STEP (robust to |u| in code)
 GRID_RANGE = 50.0  # activation grid [-R, R]; loss grid [-R, R]^2 in (t, y)
@@ -64,7 +65,7 @@ def _max_jump(values: torch.Tensor, slopes: torch.Tensor, step: float, dim: int 
 def check_link(name, r: int, fn=None) -> dict:
     """Assumption 1: the link g is a polynomial of constant degree.
 
-    Hermite expansion up to total degree ``theory.HERMITE_CAP`` (``theory.hermite_degree``).
+    Hermite expansion up to total degree ``HERMITE_CAP`` (``theory.hermite_degree``).
     holds iff ``residual`` (fraction of Var(g) beyond the cap) < ``LINK_RESIDUAL_TOL``.
     Extra keys: ``degree`` (None when the link is not a polynomial up to degree ``cap``),
     ``residual``, ``cap``, ``declared_degree``, ``tolerance``, ``r``.
