@@ -27,7 +27,8 @@ def sets(items):
 
 
 def test_quickstart_yaml_is_the_default_config():
-    from mim_lightning.config import all_keys, flatten, read_yaml
+    from mim_lightning.config import all_keys, flatten
+    from mim_lightning.config_yaml import read_yaml
 
     path = ROOT / "configs" / "quickstart.yaml"
     assert load_config(path) == Config()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mim_lightning.config import Config, all_keys, build_config, flatten, parse_override, read_yaml, set_dotted
+from mim_lightning.config import Config, all_keys, build_config, flatten
+from mim_lightning.config_yaml import parse_override, read_yaml, set_dotted
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.registry import closest
 from mim_lightning.training.run import validate
