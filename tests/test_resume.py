@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from mim_lightning.training.run_folder import RunFolder
 from test_ddp import KEYS, MIM, as_list
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,7 @@ def test_sigkill_mid_stage1_then_resume(tmp_path, uninterrupted):
     state = torch.load(path, weights_only=True)
     assert state["stage"] == "stage1" and state["step"] < 300
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "running"
+    assert RunFolder(tmp_path).status()["status"] == "stale"      # nobody holds the lock any more
     assert not (tmp_path / "results.json").exists()
     finish("--resume", str(tmp_path))
     assert_same(results(tmp_path), uninterrupted)

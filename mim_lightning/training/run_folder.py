@@ -95,7 +95,10 @@ class RunFolder:
         self.set_status("running")
 
     def set_status(self, status: str, message: str = "", **extra) -> None:
-        """status.json: running, finished, failed or interrupted, with a one-line message."""
+        """status.json: running (with the process id), finished, failed or interrupted, with a
+        one-line message."""
+        if status == "running":
+            extra = {"pid": os.getpid(), **extra}
         write_atomic(self._file(STATUS), json.dumps({"status": status, "message": message, **extra}, indent=2))
 
     def finish(self, results: dict) -> None:
@@ -103,11 +106,31 @@ class RunFolder:
         self.set_status("finished")
 
     def status(self) -> dict:
-        """The recorded status ({} when there is none or it is unreadable)."""
+        """The recorded status ({} when there is none or it is unreadable). A status 'running' whose
+        folder lock nobody holds belonged to a process that ended without recording its outcome
+        (SIGKILL, the kernel's out-of-memory killer): it is reported as 'stale'."""
         try:
-            return json.loads(self._file(STATUS).read_text())
+            status = json.loads(self._file(STATUS).read_text())
         except (OSError, ValueError):
             return {}
+        if status.get("status") == "running" and not self.in_use():
+            status = {**status, "status": "stale",
+                      "message": f"the process (pid {status.get('pid', '?')}) ended without recording an outcome "
+                                 f"(killed, e.g. out of memory); resume it or start it again"}
+        return status
+
+    def in_use(self) -> bool:
+        """Whether another process holds the folder's lock."""
+        path = self._file(LOCK)
+        if not path.exists():
+            return False
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
 
     def results(self) -> dict | None:
         """The finished run's results, or None."""
