@@ -155,3 +155,30 @@ def test_spectral_baseline_follows_the_sign_structure_of_the_network(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["spectral_order"] == "largest"
     assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_largest"]
+
+
+def test_signal_handlers_are_restored_after_runs_in_process(tmp_path):
+    """Running `mim train` in-process (twice) leaves SIGINT and SIGTERM with the handlers found."""
+    import signal
+
+    def mine(signum, frame):
+        raise AssertionError("not called")
+
+    previous = signal.signal(signal.SIGINT, mine), signal.signal(signal.SIGTERM, mine)
+    try:
+        for k in range(2):
+            result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / str(k)), *sets(TINY)])
+            assert result.exit_code == 0, result.output
+            assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_multi_node_without_a_launcher_fails_at_once(tmp_path, monkeypatch):
+    for name in ("MASTER_ADDR", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--num-nodes", "2", *sets(TINY)])
+    assert result.exit_code == 1
+    assert "torchrun" in result.output and "SLURM" in result.output
+    assert not (tmp_path / "results.json").exists()
