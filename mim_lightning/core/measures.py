@@ -45,29 +45,40 @@ def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
     return (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)).to(W.dtype)
 
 
+def orthonormalise(Z: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (K, d, b) of the columns of Z (K, d, b) from the small Gram matrix:
+    Z^T Z = V diag(lam) V^T, Q = Z V diag(lam)^{-1/2}, in float64 (columns of Z that are
+    dependent to 1e-7 of the largest still come out orthonormal). A b x b eigh is far cheaper than
+    a Householder QR of the tall d x b matrix for the small b used here."""
+    Zd = Z.double()
+    lam, V = torch.linalg.eigh(torch.bmm(Zd.transpose(1, 2), Zd))
+    scale = lam.clamp_min(lam[..., -1:].clamp_min(1e-300) * 1e-14).rsqrt()
+    return torch.bmm(Zd, V * scale.unsqueeze(-2)).to(Z.dtype)
+
+
 def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | None = None,
                     tol: float | None = None) -> torch.Tensor:
     """Subspace iteration with Rayleigh-Ritz on W^T W from ``basis`` (K, d, b):
-    Q <- qr(W^T W Q), then Q <- Q S with S the eigenvectors (descending) of (W Q)^T (W Q).
+    Q <- orth(W^T W Q), then Q <- Q S with S the eigenvectors (descending) of (W Q)^T (W Q).
 
     The Rayleigh-Ritz rotation puts the best r-dimensional subspace of span(Q) first, so the leading
     r columns converge to W's top-r right singular subspace with the error shrinking by
     (s_{b+1} / s_r)^2 per iteration (b = r + oversampling), not only (s_{r+1} / s_r)^2 as plain
-    orthogonal iteration's leading columns would. Each iteration costs 4 m d b flops, a QR of d x b
-    and an eigh of b x b, far below the O(min(m, d)^3) of an eigensolver of W, with no host
-    synchronisation on a GPU. The basis is carried from one recorded step to the next, where W has
-    changed little. With ``tol`` (used on the CPU, where a check costs no synchronisation) the
-    iteration stops once the leading r columns move by less than tol (squared sines), after at most
-    ``iters`` iterations.
+    orthogonal iteration's leading columns would. Each iteration costs 4 m d b flops and two b x b
+    eigensolvers (``orthonormalise``), far below the O(min(m, d)^3) of an eigensolver of W, with
+    no host synchronisation on a GPU. The basis is carried from one recorded step to the next,
+    where W has changed little. With ``tol`` (used on the CPU, where a check costs no
+    synchronisation) the iteration stops once the leading r columns move by less than tol
+    (squared sines), after at most ``iters`` iterations.
     """
     scale = (1 / frobenius(W).clamp_min(1e-300)).clamp_max(torch.finfo(W.dtype).max).to(W.dtype).view(-1, 1, 1)
     Q = basis
     for _ in range(iters):
         rows = torch.bmm((torch.bmm(W, Q) * scale).transpose(1, 2), W) * scale  # (W^T W Q)^T / |W|^2
         previous = Q
-        Q = torch.linalg.qr(rows.transpose(1, 2)).Q
-        WQ = torch.bmm(W, Q) * scale
-        _, vectors = torch.linalg.eigh(torch.bmm(WQ.transpose(1, 2), WQ).double())
+        Q = orthonormalise(rows.transpose(1, 2))
+        WQ = torch.bmm(W, Q).double() * scale.double()
+        _, vectors = torch.linalg.eigh(torch.bmm(WQ.transpose(1, 2), WQ))
         Q = torch.bmm(Q, vectors.flip(-1).to(Q.dtype))
         if tol is not None:
             lead, old = Q[..., :r], previous[..., :r]

@@ -9,9 +9,6 @@ import torch.nn.functional as F
 from mim_lightning.plugins.hookspecs import hookimpl
 
 
-SERIES_BELOW = 1e-2  # |u| below which log cosh(u) is summed as u^2/2 - u^4/12 (error < u^6/45 ~ 2e-14)
-
-
 class _LogCosh(torch.autograd.Function):
     """log cosh(u) with its derivative computed as tanh(u).
 
@@ -19,14 +16,16 @@ class _LogCosh(torch.autograd.Function):
     cancels catastrophically near 0: in float32, at the tiny weights of stage 1 (|u| ~ 1e-7) each
     derivative is off by tens of percent and the full-batch gradient by about 2%, differently for
     each way the batch is split over threads or DDP ranks. tanh(u) is exact there, and autograd
-    differentiates it further (sech^2 and -2 sech^2 tanh) for the assumption checks."""
+    differentiates it further (sech^2 and -2 sech^2 tanh) for the assumption checks. The value is
+    |u| + softplus(-2|u|) - log 2, stable for large |u| and accurate to the dtype's resolution of
+    log 2 in absolute terms (~1e-7 in float32): four elementwise passes, as cheap as the closed
+    form (an exact small-|u| series would double the activation's cost, which dominates a step)."""
 
     @staticmethod
     def forward(ctx, u):
         ctx.save_for_backward(u)
         a = u.abs()
-        stable = a + F.softplus(-2 * a, threshold=40.0) - math.log(2.0)
-        return torch.where(a < SERIES_BELOW, u * u * (0.5 - u * u / 12), stable)
+        return a + F.softplus(-2 * a, threshold=40.0) - math.log(2.0)
 
     @staticmethod
     def backward(ctx, grad):
