@@ -355,22 +355,46 @@ def check(link, loss, activation, r, as_json):
 @click.option("--r", "r", type=int, help="Dimension of the hidden subspace, at most 32 [default: 2, or the link's min_r].")
 @click.option("--loss", default="squared", show_default=True, cls=ComponentOption, kind="loss",
               help="Loss whose preprocessing T(y) = -loss'(0, y) defines M.")
+@click.option("--alphas", help="Comma-separated sample ratios: also the Bayes-optimal overlap at each (r <= 3).")
+@click.option("--noise", type=float, default=0.01, show_default=True,
+              help="Label noise of the Bayes-optimal computation, relative to std g(z) (0: noiseless).")
 @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON.")
 @friendly_errors(exit_code=2)
-def theory(link, r, loss, as_json):
+def theory(link, r, loss, alphas, noise, as_json):
     """Population matrix M, its eigenvalues, the link's Hermite degree and alpha_c, the optimal
-    spectral weak-recovery threshold (n = alpha_c * d samples).
+    spectral weak-recovery threshold (n = alpha_c * d samples); with --alphas, the Bayes-optimal
+    limit at each alpha (AMP state evolution: overlap Q, principal cosines, test error).
 
     alpha_c is computed for r <= 6 (its cost grows like r^4). Exit 0, or 2 on bad usage or a
     broken component.
     """
-    from mim_lightning.analysis.report import format_theory, jsonable
+    from mim_lightning.analysis.limit import bayes_optimal
+    from mim_lightning.analysis.report import format_limit, format_theory, jsonable
     from mim_lightning.analysis.theory import theory_report
 
     r = usage_checked(link=link, loss=loss, r=r, default_r=default_components()[3])
+    ratios = parse_alphas(alphas) if alphas is not None else None
     with components_named_by_options():
         report = jsonable(theory_report(link, r, loss))
-    click.echo(json.dumps(report, indent=2) if as_json else format_theory(report))
+        if ratios is not None:
+            report["bayes_optimal"] = jsonable(bayes_optimal(link, r, ratios, noise))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_theory(report))
+    if ratios is not None:
+        click.echo("\n" + format_limit(report["bayes_optimal"]))
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0); BadUsage naming --alphas otherwise."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BadUsage(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2") from None
+    if not values or not all(v > 0 and v < float("inf") for v in values):
+        raise BadUsage(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2")
+    return values
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,3 +119,21 @@ def format_theory(report: dict) -> str:
             f"  ({report['alpha_c_method']})",
         ]
     return "\n".join(rows)
+
+
+def format_limit(limit: dict) -> str:
+    """``limit.bayes_optimal`` for the terminal: one row per alpha (test MSE relative to Var(y),
+    as ``test_rel_mse`` of a run)."""
+    r, variance = limit["r"], limit["link_std"] ** 2 + limit["noise"] ** 2
+    width = max(len("principal cosines"), 8 * r)
+    rows = [f"Bayes-optimal limit (d -> infinity), link {limit['link']!r}, r = {r}, label noise "
+            f"{limit['noise_relative']:g} x std g = {limit['noise']:.3g}:",
+            f"{'alpha':>8}  {'principal cosines':>{width}}  {'eigenvalues of Q':>{width}}  {'test MSE/Var(y)':>15}"
+            f"  {'error':>8}  converged"]
+    for i, alpha in enumerate(limit["alpha"]):
+        cos = " ".join(f"{c:7.4f}" for c in limit["cosines"][i])
+        eig = " ".join(f"{v:7.4f}" for v in limit["eigenvalues"][i])
+        rows.append(f"{alpha:>8.4g}  {cos:>{width}}  {eig:>{width}}  {limit['label_mse'][i] / variance:>15.4f}"
+                    f"  {limit['error'][i]:>8.1e}  {'yes' if limit['converged'][i] else 'no'}")
+    rows.append(f"  ({limit['method']})")
+    return "\n".join(rows)
