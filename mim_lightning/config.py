@@ -220,6 +220,9 @@ def _one_line(exc: ValidationError) -> str:
             nested = ": {".join(dotted.split(".")) + ": ..." + "}" * dotted.count(".")
             return (f"unknown config key {short(dotted)}: YAML nests keys, write '{cut(nested)}'"
                     f" (dotted keys are for --set {cut(dotted)}=...)")
+        if key == "sweep":
+            return ("'sweep' (a grid of runs) belongs to a sweep file: run it with 'mim sweep FILE', or remove "
+                    "the sweep: mapping (or pick one point with --set) to train a single run with 'mim train'")
         return f"unknown config key {short(key)}{closest(key, all_keys())}"
     if not key:
         return f"invalid config: {message}"

@@ -2,6 +2,7 @@
 exit, no traceback and no results.json (a run that had started records the error in status.json)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,3 +281,10 @@ def test_yaml_reading_is_still_plain_yaml(tmp_path):
     cfg = load_config(path, ["trainer.devices=2", "trainer.precision=32"])
     assert (cfg.seed, cfg.data.d, cfg.data.alpha, cfg.stage1.loss) == (3, 64, 10.0, "squared")
     assert (cfg.trainer.devices, cfg.trainer.precision) == (2, "32-true")
+
+
+def test_a_sweep_file_given_to_train_says_to_use_sweep(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(Path(__file__).resolve().parents[1] / "configs" / "sweep_alpha.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "mim sweep" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "results.json").exists()
