@@ -9,7 +9,8 @@ a comma-separated list, only those (entry-point or distribution names; unknown n
 
 A broken plugin (its import fails, a hook raises, it registers something invalid) never stops the
 others: its error is recorded in its ``PluginInfo``, listed by ``mim plugins`` and printed as a
-one-line warning when a component it might have provided is looked up.
+one-line warning once per run (``plugins.validate``) and when a component it might have provided is
+looked up.
 """
 
 from __future__ import annotations

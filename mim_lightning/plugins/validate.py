@@ -71,6 +71,8 @@ def resolve_run_components(cfg) -> RunComponents:
     """Look up a run's components by their config keys (errors name the key and list what is
     available), check the link's ``min_r`` against data.r, and probe each one once."""
     registry = get_registry()
+    for info in registry.broken():  # once per registry: a run says so even if it needs none of them
+        registry.warn(f"{info.describe()} is broken: {info.error}")
     found = {}
     for key, kind, name in [("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
                             ("stage2.loss", "loss", cfg.stage2.loss), ("model.activation", "activation", cfg.model.activation)]:
