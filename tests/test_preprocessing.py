@@ -5,14 +5,14 @@ import math
 import torch
 
 from mim_lightning.core.preprocessed_losses import optimal_sum_he2_loss, preprocessed_loss, sum_he2_preprocessing
-from mim_lightning.core.spectral import preprocess
+from mim_lightning.core.spectral import label_preprocessing
 
 
 def test_preprocessed_loss_has_the_requested_preprocessing():
     T = lambda y: torch.tanh(y) ** 3  # noqa: E731
     loss = preprocessed_loss(T)
     y = torch.linspace(-5, 5, 101)
-    assert torch.allclose(preprocess(loss, y), T(y), atol=1e-6)
+    assert torch.allclose(label_preprocessing(loss, y), T(y), atol=1e-6)
 
 
 def test_preprocessed_loss_is_convex_and_lipschitz_in_t():
@@ -41,4 +41,4 @@ def test_optimal_sum_he2_preprocessing_matches_the_closed_form():
     yy = torch.linspace(-1.99, 10, 50)
     assert torch.allclose(T(yy), (yy / r) / (yy / r + s))
     assert math.isclose(T(torch.tensor(-float(r), dtype=torch.float64)).item(), -1 / (s - 1), rel_tol=1e-12)  # its minimum
-    assert torch.allclose(preprocess(optimal_sum_he2_loss(r, s), yy), T(yy), atol=1e-6)
+    assert torch.allclose(label_preprocessing(optimal_sum_he2_loss(r, s), yy), T(yy), atol=1e-6)

@@ -5,17 +5,17 @@ import torch
 from mim_lightning.plugins.builtins import losses
 from mim_lightning.core.streams import make_split, random_subspace
 from mim_lightning.plugins.builtins.links import sum_he2, z1z2
-from mim_lightning.core.spectral import label_weighted_covariance, preprocess, spectral_cosines, spectral_estimate
+from mim_lightning.core.spectral import label_weighted_covariance, label_preprocessing, spectral_cosines, spectral_estimate
 
 identity = lambda t: t  # noqa: E731
 
 
 def test_preprocessing_of_builtin_losses():
     y = torch.linspace(-4, 4, 81)
-    assert torch.allclose(preprocess(losses.squared, y), y)
-    assert torch.allclose(preprocess(losses.huber, y), y.clamp(-1, 1))
-    assert torch.allclose(preprocess(losses.pseudo_huber, y), y / torch.sqrt(1 + y * y), atol=1e-6)
-    assert torch.allclose(preprocess(losses.logcosh, y), torch.tanh(y), atol=1e-6)
+    assert torch.allclose(label_preprocessing(losses.squared, y), y)
+    assert torch.allclose(label_preprocessing(losses.huber, y), y.clamp(-1, 1))
+    assert torch.allclose(label_preprocessing(losses.pseudo_huber, y), y / torch.sqrt(1 + y * y), atol=1e-6)
+    assert torch.allclose(label_preprocessing(losses.logcosh, y), torch.tanh(y), atol=1e-6)
 
 
 def sample(link, d, n, seed=0):

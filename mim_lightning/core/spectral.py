@@ -11,7 +11,7 @@ from mim_lightning.core.matrix_free import top_eigenpairs_matrix_free
 from mim_lightning.core.measures import principal_cosines
 
 
-def preprocess(loss: Callable, y: torch.Tensor) -> torch.Tensor:
+def label_preprocessing(loss: Callable, y: torch.Tensor) -> torch.Tensor:
     """T(y) = -d/dt loss(t, y) at t = 0, by autograd (elementwise, same shape as y)."""
     with torch.enable_grad():
         t = torch.zeros_like(y, requires_grad=True)
@@ -54,7 +54,7 @@ def spectral_cosines(chunks, loss: Callable, shift: torch.Tensor, n: int, U: tor
 
     Sigmahat = (1/n) sum_i (T(y_i) - shift) x_i x_i^T (the stage-1 matrix up to sign).
     """
-    sigma = label_weighted_covariance(chunks, lambda y: preprocess(loss, y) - shift.unsqueeze(-1), n, reduce)
+    sigma = label_weighted_covariance(chunks, lambda y: label_preprocessing(loss, y) - shift.unsqueeze(-1), n, reduce)
     values, vectors = torch.linalg.eigh(sigma.double())
     return {order: principal_cosines(top_eigenpairs(values, vectors, U.shape[1], order)[0].to(U.dtype), U)
             for order in orders}
@@ -62,7 +62,7 @@ def spectral_cosines(chunks, loss: Callable, shift: torch.Tensor, n: int, U: tor
 
 def mean_preprocessing(chunks, loss: Callable, n: int, reduce: Callable) -> torch.Tensor:
     """E_n[T(y)] over all chunks and ranks, per replica: (K,)."""
-    total = sum(preprocess(loss, y).sum(-1) for _, y in chunks)
+    total = sum(label_preprocessing(loss, y).sum(-1) for _, y in chunks)
     return reduce(total) / n
 
 
@@ -78,7 +78,7 @@ def matrix_free_cosines(passes: Callable, loss: Callable, shift: torch.Tensor, n
         total = torch.zeros(K, d, V.shape[-1], dtype=torch.float64, device=U.device)
         block = V.to(U.dtype)
         for x, y in passes():
-            weight = (preprocess(loss, y) - shift.unsqueeze(-1)).unsqueeze(-1)
+            weight = (label_preprocessing(loss, y) - shift.unsqueeze(-1)).unsqueeze(-1)
             total += torch.bmm(x.transpose(1, 2), weight * torch.bmm(x, block)).double()
         return reduce(total) / n
 

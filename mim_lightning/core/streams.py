@@ -18,13 +18,13 @@ from mim_lightning.core.contracts import link_values
 from mim_lightning.errors import MimError
 
 BLOCK = 1024
-SPLITS = {"U": 0, "d1": 1, "d2": 2, "test": 3, "init": 4, "bias": 5}
+STREAMS = {"U": 0, "d1": 1, "d2": 2, "test": 3, "init": 4, "bias": 5}  # the random streams of a seed: U, the three splits, init, biases
 _MASK = (1 << 63) - 1
 
 
 def stream_seed(seed: int, stream: str, index: int = 0) -> int:
     """A 63-bit seed for one random stream (seed, stream, index), by a splitmix-style mix."""
-    h = (seed + 1) * 0x9E3779B97F4A7C15 + (SPLITS[stream] + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB
+    h = (seed + 1) * 0x9E3779B97F4A7C15 + (STREAMS[stream] + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB
     h &= _MASK
     h ^= h >> 31
     return (h * 0xD6E8FEB86659FD93) & _MASK
