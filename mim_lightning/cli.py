@@ -212,8 +212,11 @@ def quoted(path) -> str:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the base config (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<CONFIG name>].")
+@click.option("--limit/--no-limit", default=None,
+              help="Draw the Bayes-optimal limit (d -> inf, r <= 3) on the smallest-cosine plot against data.alpha"
+                   " [default: on, unless MIM_SWEEP_LIMIT=0].")
 @friendly_errors
-def sweep(config, overrides, out):
+def sweep(config, overrides, out, limit):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
     from mim_lightning.experiments.sweep import run_sweep
@@ -223,7 +226,7 @@ def sweep(config, overrides, out):
     again = "finished runs are kept: run the same command again to continue"
     with StopRequest() as stop:
         try:
-            run_sweep(config, overrides, out, stop=stop)
+            run_sweep(config, overrides, out, stop=stop, limit=limit)
         except (KeyboardInterrupt, Interrupted) as exc:
             name = getattr(exc, "signal_name", None) or stop.signal_name or "SIGINT"
             click.echo(f"\nInterrupted by {name}; {again}.", err=True)

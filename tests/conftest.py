@@ -1,8 +1,14 @@
 """Test isolation: plugins installed on the machine are never picked up by accident."""
 
+import os
+
 import pytest
 
 from mim_lightning.plugins import manager as plugins
+
+# Sweeps in the tests draw no Bayes-optimal curve (seconds of state evolution per sweep) unless a
+# test asks for it (tests/test_limit_plot.py); set MIM_SWEEP_LIMIT=1 to draw it everywhere.
+os.environ.setdefault("MIM_SWEEP_LIMIT", "0")
 
 
 @pytest.fixture(autouse=True)

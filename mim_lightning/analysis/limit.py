@@ -5,7 +5,7 @@ other population quantities."""
 from __future__ import annotations
 
 from mim_lightning.analysis.common import check_r, memoize, resolve
-from mim_lightning.core.state_evolution import bayes_optimal_overlap
+from mim_lightning.core.state_evolution import RESOLUTION, _inspect, _setup, bayes_optimal_overlap
 from mim_lightning.errors import MimError
 
 MAX_LIMIT_R = 3  # the state evolution's tensor quadrature covers r <= 3
@@ -22,6 +22,17 @@ def bayes_optimal(link, r: int, alphas: tuple[float, ...], noise: float = 0.01) 
     if r > MAX_LIMIT_R:
         raise MimError(f"the Bayes-optimal state evolution covers r <= {MAX_LIMIT_R} (tensor quadrature), got r = {r}")
     return {"link": name, **bayes_optimal_overlap(fn, r, tuple(alphas), noise)}
+
+
+@memoize
+def link_std(link, r: int) -> float:
+    """std g(z), z ~ N(0, I_r), by the state evolution's own quadrature: the scale of its relative
+    ``noise`` (an absolute label-noise std sigma is ``sigma / link_std`` there)."""
+    name, fn, meta = resolve("link", link)
+    r = check_r(name, r, meta)
+    if r > MAX_LIMIT_R:
+        raise MimError(f"the Bayes-optimal state evolution covers r <= {MAX_LIMIT_R} (tensor quadrature), got r = {r}")
+    return _inspect(fn, _setup(r, RESOLUTION[r]))
 
 
 def alpha_at_cosine(alphas, cosines, level: float = 0.5) -> float | None:

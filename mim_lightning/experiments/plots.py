@@ -2,11 +2,12 @@
 mean over seeds with the min-max band, one curve per combination of the other swept keys, the
 spectral baseline dashed in the same colour, failed runs marked, the chance level of the plotted
 quantity dotted, alpha_c dash-dotted; on the smallest principal cosine also the uncentred spectral
-baseline (T(y) instead of T(y) - mean(T)), dotted in the curve's colour, where it differs.
+baseline (T(y) instead of T(y) - mean(T)), dotted in the curve's colour, where it differs, and
+against data.alpha the Bayes-optimal limit's smallest cosine (d -> inf), thin solid with diamonds.
 
 Takes rows (dicts of results.csv columns) and plain parameters; knows nothing of the grid. The
 artists carry a gid (``network:<curve>``, ``spectral:<curve>``, ``uncentred:<curve>``, ``failed:<curve>``, ``chance``,
-``alpha_c:<link>:<r>``) so that what a figure shows can be read back from it.
+``alpha_c:<link>:<r>``, ``bayes:<link>:<r>``) so that what a figure shows can be read back from it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from mim_lightning.experiments.tables import grouped
 class Figures:
     """What is plotted against what: the x key and its values in axis order, the keys whose
     combinations are curves, the number of seeds per point, notes on fixed settings for the titles,
-    and ``alpha_c`` lines ({(link, r): value}, only meaningful when the x key is data.alpha)."""
+    and ``alpha_c`` lines ({(link, r): value}, only meaningful when the x key is data.alpha), and
+    the Bayes-optimal ``limits`` ({(link, r, relative noise): {"alpha": [...], "min_cosine": [...]}},
+    drawn on the smallest principal cosine when the x key is data.alpha)."""
 
     x_key: str
     x_values: list
@@ -36,6 +39,7 @@ class Figures:
     n_seeds: int = 1
     fixed: list[str] = field(default_factory=list)
     thresholds: dict[tuple[str, int], float] | None = None
+    limits: dict[tuple[str, int, float], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,15 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
             ax.axvline(value, color=shade, ls="-.", lw=1.1, gid=f"alpha_c:{link}:{r}")
             handles.append(Line2D([], [], color=shade, ls="-.", lw=1.1,
                                   label=f"alpha_c = {value:.3g}, optimal spectral threshold ({link}, r={r})"))
+    if x_key == "data.alpha" and spec.limits and metric.chance == "min_cosine":
+        for (link, r, noise), curve in sorted(spec.limits.items()):
+            owners = {i for i, (_, group) in enumerate(curves)
+                      if any((shapes[row["run"]].link, shapes[row["run"]].r) == (link, r) for row in group)}
+            shade = colors[owners.pop() % len(colors)] if len(owners) == 1 else "0.1"
+            ax.plot(curve["alpha"], curve["min_cosine"], "-D", color=shade, lw=1.0, ms=2.5, gid=f"bayes:{link}:{r}")
+            handles.append(Line2D([], [], color=shade, ls="-", marker="D", ms=2.5, lw=1.0,
+                                  label=f"Bayes-optimal (d -> inf), {link}, r={r}: sqrt(min eig Q),"
+                                        f" noise {noise:.3g} std g"))
     if log_x:
         ax.set_xscale("log")
         ax.minorticks_off()

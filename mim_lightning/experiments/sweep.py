@@ -8,11 +8,13 @@ one batched run when the stage-2 solver allows it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 import yaml
 
+from mim_lightning.analysis import limit as limits_
 from mim_lightning.analysis.theory import alpha_c
 from mim_lightning.errors import MimError
 from mim_lightning.experiments import board
@@ -31,8 +33,47 @@ def thresholds(sweep: Sweep) -> dict | None:
     return {pair: alpha_c(*pair) for pair in pairs}
 
 
-def figures_of(sweep: Sweep) -> Figures | None:
-    """What the sweep's figures plot (None when only seed is swept: no figures)."""
+LIMIT_ENV = "MIM_SWEEP_LIMIT"  # "0" (or false / no / off): no Bayes-optimal curve, unless asked for
+
+
+def limit_wanted(limit: bool | None = None) -> bool:
+    """Whether the plots draw the Bayes-optimal limit: ``limit`` when given, else the environment
+    (MIM_SWEEP_LIMIT, on by default)."""
+    if limit is not None:
+        return bool(limit)
+    return os.environ.get(LIMIT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def limits(sweep: Sweep) -> dict | None:
+    """{(link, r, relative noise): {"alpha": [...], "min_cosine": [...]}}: the Bayes-optimal limit
+    (d -> inf, ``analysis.limit.bayes_optimal``, memoized) at the sweep's alpha values for each
+    (link, r <= 3, data.noise) of its runs, when the plots' x key is data.alpha, else None. The
+    noise is the runs' data.noise relative to std g (0 for noiseless data, as the runs have it); the
+    limit does not depend on d, the loss or the network. A (link, r) the state evolution does not
+    cover (r > 3, a link it rejects) is left out."""
+    if sweep.x_key != "data.alpha":
+        return None
+    alphas: dict[tuple, set] = {}
+    for run in sweep.runs:
+        data = run.cfg.data
+        alphas.setdefault((data.link, data.r, data.noise), set()).add(float(data.alpha))
+    out = {}
+    for (link, r, noise), values in sorted(alphas.items()):
+        if r > limits_.MAX_LIMIT_R:
+            continue
+        try:
+            relative = noise / limits_.link_std(link, r) if noise else 0.0
+            result = limits_.bayes_optimal(link, r, tuple(sorted(values)), relative)
+        except MimError:
+            continue
+        out[(link, r, relative)] = {"alpha": list(result["alpha"]),
+                                    "min_cosine": [cos[-1] for cos in result["cosines"]]}
+    return out
+
+
+def figures_of(sweep: Sweep, limit: bool | None = None) -> Figures | None:
+    """What the sweep's figures plot (None when only seed is swept: no figures); ``limit``: with the
+    Bayes-optimal curve (``limits``; default: ``limit_wanted``)."""
     x_key = sweep.x_key
     if x_key is None:
         return None
@@ -40,7 +81,8 @@ def figures_of(sweep: Sweep) -> Figures | None:
                                      ("data.r", sweep.base.data.r)) if k not in sweep.keys]
     return Figures(x_key=x_key, x_values=list(sweep.axes[x_key]),
                    curve_keys=[k for k in sweep.keys if k not in ("seed", x_key)],
-                   n_seeds=len(sweep.axes.get("seed", [sweep.base.seed])), fixed=fixed, thresholds=thresholds(sweep))
+                   n_seeds=len(sweep.axes.get("seed", [sweep.base.seed])), fixed=fixed, thresholds=thresholds(sweep),
+                   limits=limits(sweep) if limit_wanted(limit) else None)
 
 
 def shapes_of(sweep: Sweep) -> dict[str, Shape]:
@@ -52,9 +94,11 @@ def default_out(path: str | Path) -> Path:
     return Path("runs") / Path(path).stem
 
 
-def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None) -> dict:
+def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None,
+              limit: bool | None = None) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
-    ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM.
+    ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM; ``limit``: draw
+    the Bayes-optimal limit on the plots against data.alpha (default: ``limit_wanted``).
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
     sweep = load_sweep(path, overrides)
     out = Path(out) if out is not None else default_out(path)
@@ -73,7 +117,7 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     if not zero:
         return done
     write_csv(sweep, rows, out / "results.csv")
-    done["plots"] = plots = plot_sweep(rows, shapes_of(sweep), figures_of(sweep), out)
+    done["plots"] = plots = plot_sweep(rows, shapes_of(sweep), figures_of(sweep, limit), out)
     summary = table(sweep, rows)
     board.add_figures(out, plots, summary)
     echo(summary)
