@@ -10,6 +10,7 @@ from mim_lightning.cli import main
 from mim_lightning.errors import MimError
 
 
+@pytest.mark.slow
 def test_he2_by_name_recovers_above_its_threshold():
     low, high = bayes_optimal("he2", 1, (0.4, 1.2), 0.0)["cosines"]
     assert low[0] < 0.05 and high[0] > 0.99   # alpha_c = 1/2; perfect recovery from ~1.13
@@ -26,6 +27,7 @@ def test_alpha_at_cosine_interpolates_the_crossing():
     assert alpha_at_cosine([1, 2], [0.6, 0.9]) == 1
 
 
+@pytest.mark.slow
 def test_theory_alphas_json_and_bad_alphas():
     done = CliRunner().invoke(main, ["theory", "--link", "he2", "--r", "1", "--alphas", "0.4,1.2", "--noise", "0", "--json"])
     assert done.exit_code == 0, done.output
