@@ -31,11 +31,14 @@ class HostilePlugin:
         register("raising_loss", lambda t, y: (_ for _ in ()).throw(ValueError("boom")))
         register("detached_loss", lambda t, y: ((t - y) ** 2).detach())
         register("scalar_loss", lambda t, y: ((t - y) ** 2).mean())
+        # differentiable on the probe's small inputs, detached on the training data's larger ones
+        register("detached_far_out", lambda t, y: (t - y) ** 2 if float(y.abs().max()) < 3.5 else ((t - y) ** 2).detach())
 
     @hookimpl
     def register_activations(self, register):
         register("raising_act", lambda u: u.numpy())
         register("sign_act", lambda u: torch.sign(u).detach())
+        register("float64_act", lambda u: (u.double() ** 2) / 2)
 
 
 @pytest.fixture
@@ -288,3 +291,15 @@ def test_a_sweep_file_given_to_train_says_to_use_sweep(tmp_path):
     assert result.exit_code == 1
     assert "mim sweep" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("solver", ["gd", "lbfgs"])
+def test_a_loss_detached_only_on_the_data_stops_the_run(hostile, tmp_path, solver):
+    result = invoke(tmp_path, *sets("stage2.loss=detached_far_out", f"stage2.solver={solver}", "stage2.steps=3"))
+    check_one_line(result, tmp_path, "stage2.loss 'detached_far_out'", "no gradient")
+
+
+def test_a_float64_activation_trains(hostile, tmp_path):
+    result = invoke(tmp_path, *sets("model.activation=float64_act"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_rel_mse"] >= 0

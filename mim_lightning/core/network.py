@@ -46,8 +46,10 @@ class TwoLayerNetwork(nn.Module):
         return torch.baddbmm(self.b.unsqueeze(1), x, self.W.transpose(1, 2))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """sigma(x W^T + b): (K, n, d) -> (K, n, m)."""
-        return self.activation(self.preactivation(x))
+        """sigma(x W^T + b): (K, n, d) -> (K, n, m), in the dtype of x (an activation may compute in
+        float64)."""
+        h = self.preactivation(x)
+        return self.activation(h).to(h.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) = sigma(x W^T + b) a: (K, n, d) -> (K, n)."""

@@ -18,6 +18,7 @@ import torch
 from mim_lightning.config import Config
 from mim_lightning.core.network import TwoLayerNetwork
 from mim_lightning.core.streams import generator
+from mim_lightning.errors import MimError
 
 
 class _FullBatchModule(L.LightningModule):
@@ -38,6 +39,14 @@ class _FullBatchModule(L.LightningModule):
         exactly that layer's gradient)."""
         for name, parameter in self.network.named_parameters():
             parameter.requires_grad_(name in self.trained)
+
+    def differentiable(self, objective: torch.Tensor, key: str, name: str) -> torch.Tensor:
+        """The chunk's objective, refused when autograd cannot differentiate it (a loss that
+        passed the probe on small inputs but detaches on the training data)."""
+        if not objective.requires_grad:
+            raise MimError(f"{key} {name!r} returned values with no gradient on the training data (detached from "
+                           f"autograd); a loss must stay differentiable in t for every input")
+        return objective
 
     def accumulate_loss(self, per_sample: torch.Tensor) -> None:
         """Sum the chunk's per-sample losses in float64: a float32 sum of n values near the loss of
@@ -82,7 +91,8 @@ class Stage1Module(_FullBatchModule):
         f = self.network(x)
         per_sample = self.loss(f, y)
         self.accumulate_loss(per_sample)
-        return (per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale
+        objective = (per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale
+        return self.differentiable(objective, "stage1.loss", self.cfg.stage1.loss)
 
     def finish_step(self, optimizer) -> None:
         optimizer.step()
@@ -151,7 +161,7 @@ class Stage2Module(_FullBatchModule):
             return None
         per_sample = self.loss(self.network(x), y)
         self.accumulate_loss(per_sample)
-        return per_sample.sum() * self.scale
+        return self.differentiable(per_sample.sum() * self.scale, "stage2.loss", self.cfg.stage2.loss)
 
     @torch.no_grad()
     def accumulate_normal_equations(self, x, y) -> None:
