@@ -45,3 +45,11 @@ def test_ddp_over_every_gpu_equals_one_gpu(tmp_path):
     every = train(tmp_path / "all", "--accelerator", "gpu", "--devices", "-1", "--strategy", "ddp")
     for key in KEYS:
         assert every[key] == pytest.approx(one[key], abs=1e-4)
+
+
+def test_streamed_gpu_run_equals_the_stored_one(tmp_path):
+    stored = train(tmp_path / "stored", "--accelerator", "gpu", "--devices", "1", "--set", "data.stream=false")
+    streamed = train(tmp_path / "streamed", "--accelerator", "gpu", "--devices", "1", "--set", "data.stream=true",
+                     "--set", "baseline.spectral=matrix_free")
+    for key in KEYS:
+        assert streamed[key] == pytest.approx(stored[key], abs=1e-4)
