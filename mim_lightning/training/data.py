@@ -15,7 +15,7 @@ import torch
 from mim_lightning.core.streams import BLOCK, check_labels, local_blocks, make_blocks, make_split, max_local_rows, random_subspace
 from mim_lightning.training.memory import available_memory
 
-STREAM_CHUNK = 8192  # samples per streamed chunk when data.chunk_size is 0
+STREAM_CHUNK_BYTES = 128 * 2**20  # a streamed chunk's x when data.chunk_size is 0 (at least one block)
 
 
 class MultiIndexDataModule(L.LightningDataModule):
@@ -56,7 +56,7 @@ class MultiIndexDataModule(L.LightningDataModule):
         """Rows of the largest chunk of any pass."""
         rows = max(max_local_rows(n, self.world) for n in self.sizes.values())
         if self.streamed:
-            return min(rows, max(1, (self.chunk_size or STREAM_CHUNK) // BLOCK) * BLOCK)
+            return min(rows, self.blocks_per_chunk() * BLOCK)
         return min(rows, self.chunk_size or rows)
 
     def place(self, device: torch.device | None = None, rank: int = 0, world: int = 1, poll=None) -> None:
@@ -101,10 +101,16 @@ class MultiIndexDataModule(L.LightningDataModule):
             return [(x[:, i * size:(i + 1) * size], y[:, i * size:(i + 1) * size]) for i in range(count)]
         return self.streamed_chunks(self.source(split))
 
+    def blocks_per_chunk(self) -> int:
+        """Blocks per streamed chunk: ``chunk_size`` rounded down to whole blocks, or by default as
+        many as keep a chunk's x (K rows x d floats) within STREAM_CHUNK_BYTES; at least one."""
+        rows = self.chunk_size or STREAM_CHUNK_BYTES // (4 * len(self.seeds) * self.d)
+        return max(1, rows // BLOCK)
+
     def streamed_chunks(self, split: str):
-        """Chunks of whole blocks (``chunk_size`` rounded down to blocks, STREAM_CHUNK by default),
+        """Chunks of whole blocks (``blocks_per_chunk``),
         generated on the fly; labels are checked for finiteness in the first pass only."""
-        per_chunk = max(1, (self.chunk_size or STREAM_CHUNK) // BLOCK)
+        per_chunk = self.blocks_per_chunk()
         blocks = local_blocks(self.n(split), self.rank, self.world)
         count = max(1, math.ceil(max_local_rows(self.n(split), self.world) / BLOCK / per_chunk))
         for i in range(count):
