@@ -3,7 +3,7 @@ mean over seeds with the min-max band, one curve per combination of the other sw
 spectral baseline dashed in the same colour, failed runs marked, the chance level of the plotted
 quantity dotted, alpha_c dash-dotted; on the smallest principal cosine also the uncentred spectral
 baseline (T(y) instead of T(y) - mean(T)), dotted in the curve's colour, where it differs, and
-against data.alpha the Bayes-optimal limit's smallest cosine (d -> inf), thin solid with diamonds.
+against data.alpha the Bayes-optimal limit's smallest cosine (d -> inf), thin solid with open markers.
 
 Takes rows (dicts of results.csv columns) and plain parameters; knows nothing of the grid. The
 artists carry a gid (``network:<curve>``, ``spectral:<curve>``, ``uncentred:<curve>``, ``failed:<curve>``, ``chance``,
@@ -72,6 +72,8 @@ METRICS = {
         "weakest_eigenspace_mass_per_dim", None, "|W P_E|_F^2 / (dim E |W|_F^2), E: M's weakest eigenspace",
         "mass_per_dim", optional=True),
 }
+
+LIMIT_MARKERS = ("D", "v", "P", "X", "*", "h")  # the Bayes-optimal curves, one per (link, r, noise)
 
 REFERENCE_LABEL = {
     "min_cosine": "chance: median smallest cosine of a random r-dim subspace",
@@ -200,12 +202,14 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
             handles.append(Line2D([], [], color=shade, ls="-.", lw=1.1,
                                   label=f"alpha_c = {value:.3g}, optimal spectral threshold ({link}, r={r})"))
     if x_key == "data.alpha" and spec.limits and metric.chance == "min_cosine":
-        for (link, r, noise), curve in sorted(spec.limits.items()):
+        for k, ((link, r, noise), curve) in enumerate(sorted(spec.limits.items())):
             owners = {i for i, (_, group) in enumerate(curves)
                       if any((shapes[row["run"]].link, shapes[row["run"]].r) == (link, r) for row in group)}
             shade = colors[owners.pop() % len(colors)] if len(owners) == 1 else "0.1"
-            ax.plot(curve["alpha"], curve["min_cosine"], "-D", color=shade, lw=1.0, ms=2.5, gid=f"bayes:{link}:{r}")
-            handles.append(Line2D([], [], color=shade, ls="-", marker="D", ms=2.5, lw=1.0,
+            marker = LIMIT_MARKERS[k % len(LIMIT_MARKERS)]  # tells black curves of several links apart
+            ax.plot(curve["alpha"], curve["min_cosine"], "-", marker=marker, color=shade, lw=1.0, ms=3.5, mfc="none",
+                    gid=f"bayes:{link}:{r}")
+            handles.append(Line2D([], [], color=shade, ls="-", marker=marker, ms=3.5, mfc="none", lw=1.0,
                                   label=f"Bayes-optimal (d -> inf), {link}, r={r}: sqrt(min eig Q),"
                                         f" noise {noise:.3g} std g"))
     if log_x:

@@ -78,7 +78,8 @@ def figures_of(sweep: Sweep, limit: bool | None = None) -> Figures | None:
     if x_key is None:
         return None
     fixed = [f"{k}={v}" for k, v in (("data.link", sweep.base.data.link), ("data.d", sweep.base.data.d),
-                                     ("data.r", sweep.base.data.r)) if k not in sweep.keys]
+                                     ("data.r", sweep.base.data.r))
+             if k not in sweep.keys and not any(k in bundle for bundle in sweep.variants.values())]
     return Figures(x_key=x_key, x_values=list(sweep.axes[x_key]),
                    curve_keys=[k for k in sweep.keys if k not in ("seed", x_key)],
                    n_seeds=len(sweep.axes.get("seed", [sweep.base.seed])), fixed=fixed, thresholds=thresholds(sweep),
