@@ -114,8 +114,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="T: fits of T and 2T steps are compared")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", default="bench_stage1.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = []
     for size in args.sizes:

@@ -20,12 +20,13 @@ def subspace_mass(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return (inside / frobenius(W).square()).to(W.dtype)
 
 
-def direction_mass(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def direction_mass(W: torch.Tensor, basis: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
     """|W b_k|^2 / |W|_F^2 for each row b_k of an orthonormal basis (K, r, d): (K, r). With the
     eigenbasis of M it shows how stage 1 spreads the weight over the hidden directions (collapse
     onto the top one puts it all in the first entry)."""
     along = torch.bmm(W, basis.transpose(1, 2)).double().square().sum(1)
-    return (along / frobenius(W).square().unsqueeze(-1)).to(W.dtype)
+    norm = frobenius(W) if norm is None else norm
+    return (along / norm.square().unsqueeze(-1)).to(W.dtype)
 
 
 def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from mim_lightning.training.checkpoints import Interrupted, StopRequest, save_ch
 
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
 TRACKING_TOL = 1e-8  # on the CPU the tracked subspace stops iterating once it moves less than this (squared sines)
+EXACT_BELOW = 128  # metrics: the exact eigensolver whenever min(m, d) <= this (cheaper than tracking)
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
@@ -47,24 +48,39 @@ class MetricHistory:
         self.pending: list[tuple] = []
         self.basis = None
         self.directions, self.eigenbasis = directions, None
+        self.first_loss = None   # the first recorded loss (K,), for stage1/loss_change
+
+    def restore(self, rows: list[dict]) -> None:
+        """The flushed history of a resumed run."""
+        self.rows = rows
+        self.first_loss = next((row["loss"] for row in rows if row.get("loss") is not None), None)
 
     @torch.no_grad()
     def record(self, W: torch.Tensor, step: int, loss: torch.Tensor | None) -> None:
         """Append step's mass, overlap Q U^T (K, r, r), |W|_F, mass per eigenvector of M and loss,
-        on the device."""
-        mass = subspace_mass(W, self.U)                  # NaN when W is not finite
-        along = None if self.eigenbasis is None else direction_mass(W, self.eigenbasis)
-        self.pending.append((step, mass, torch.bmm(self.subspace(W, step), self.U.transpose(1, 2)), loss,
-                             frobenius(W), along))
+        on the device. The mass along M's eigenvectors sums to the subspace mass (they are an
+        orthonormal basis of span U), so one product W V^T gives both."""
+        norm = frobenius(W)                                # NaN or inf when W is not finite
+        if self.eigenbasis is None:
+            along, mass = None, subspace_mass(W, self.U)
+        else:
+            along = direction_mass(W, self.eigenbasis, norm)
+            mass = along.sum(-1)
+        overlap = torch.bmm(self.subspace(W, step, norm), self.U.transpose(1, 2))
+        self.pending.append((step, mass, overlap, loss, norm, along))
 
-    def subspace(self, W: torch.Tensor, step: int) -> torch.Tensor:
-        """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1 (and always with
-        metrics.subspace = exact), otherwise tracked from the previous recorded step."""
+    def subspace(self, W: torch.Tensor, step: int, norm: torch.Tensor) -> torch.Tensor:
+        """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1, with
+        metrics.subspace = exact, and whenever min(m, d) <= EXACT_BELOW (an eigensolver of that
+        size costs less than tracking); otherwise tracked from the previous recorded step.
+        Replicas whose W is not finite get NaN (eigensolvers fail on NaN input)."""
         r, metrics = self.U.shape[1], self.cfg.metrics
-        finite = torch.isfinite(W).flatten(1).all(-1).view(-1, 1, 1)   # eigensolvers fail on NaN: NaN out instead
-        W = torch.where(finite, W, torch.ones_like(W))
-        if metrics.subspace == "exact" or step in (0, self.cfg.stage1.steps) or self.basis is None:
-            width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:])
+        finite = torch.isfinite(norm).view(-1, 1, 1)
+        if W.device.type != "cpu" or not bool(finite.all()):   # a check would sync a GPU: always guard there
+            W = torch.where(finite, W, torch.ones_like(W))
+        if (metrics.subspace == "exact" or min(W.shape[1:]) <= EXACT_BELOW or step in (0, self.cfg.stage1.steps)
+                or self.basis is None):
+            width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:]) if min(W.shape[1:]) > EXACT_BELOW else r
             self.basis = top_right_singular(W, width).transpose(1, 2)
         else:
             tol = TRACKING_TOL if W.device.type == "cpu" else None  # a check would sync a GPU
@@ -93,7 +109,9 @@ class MetricHistory:
         cosines[recorded] = cosines_from_overlap(overlaps[recorded])
         for i, step in enumerate(steps):
             previous = self.rows[-1] if self.rows else None
-            first_loss = next((row["loss"] for row in self.rows if row.get("loss") is not None), losses[i])
+            if self.first_loss is None and losses[i] is not None:
+                self.first_loss = losses[i]
+            first_loss = self.first_loss
             if recorded[i]:
                 self.rows.append({"step": step, "subspace_mass": mass[i].tolist(), "principal_cosines": cosines[i].tolist(),
                                   "weight_norm": norms[i].tolist(), "loss": losses[i]})

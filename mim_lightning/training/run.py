@@ -264,7 +264,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     history = MetricHistory(cfg, [board.scalars for board in boards], eigenvectors(cfg))
     outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
     if state is not None and state["stage"] == "stage1":
-        history.rows = state["history"]
+        history.restore(state["history"])
     key = config_hash(cfg.model_dump())
 
     def snapshot(stage: str, step: int, module) -> dict:
