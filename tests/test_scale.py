@@ -14,13 +14,16 @@ from mim_lightning.plugins.builtins.losses import huber
 
 from helpers import tiny_config
 
+# The peak resident memory of this process image: VmHWM starts afresh at exec (ru_maxrss would
+# carry over the forking pytest process's own high-water mark).
 PEAK = """
-import resource, sys
+import sys
 from mim_lightning.cli import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:
-    sys.stderr.write(f"PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n")
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    sys.stderr.write(f"PEAK {int(hwm.split()[1]) * 1024}\\n")
 """
 
 
