@@ -111,20 +111,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
-def summary(results: dict) -> str:
-    cos = ", ".join(f"{c:.3f}" for c in results["principal_cosines"])
-    spectral = results["spectral_principal_cosines"]
-    spec = "off" if spectral is None else (", ".join(f"{c:.3f}" for c in spectral)
-                                           + f"  (top-r by {results.get('spectral_order', 'magnitude')})")
-    return (
-        f"principal cosines   {cos}\n"
-        f"spectral baseline   {spec}\n"
-        f"subspace mass       {results['subspace_mass']:.3f}\n"
-        f"test relative MSE   {results['test_rel_mse']:.4f}\n"
-        f"time                stage 1 {results['timings']['stage1']:.1f} s, stage 2 {results['timings']['stage2']:.1f} s"
-    )
-
-
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
@@ -169,6 +155,7 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
 
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    from mim_lightning.analysis.report import run_summary
     from mim_lightning.training.checkpoints import Interrupted, StopRequest
     from mim_lightning.training.run import plan_run, train_replicas
 
@@ -199,7 +186,7 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
         if is_zero:
             folder.finish(results)
     if is_zero:
-        click.echo(summary(results))
+        click.echo(run_summary(results))
         click.echo(f"wrote {quoted(folder.path / 'results.json')}; TensorBoard: tensorboard --logdir {quoted(folder.path)}")
 
 
@@ -371,12 +358,12 @@ def theory(link, r, loss, alphas, noise, as_json):
     alpha_c is computed for r <= 6 (its cost grows like r^4). Exit 0, or 2 on bad usage or a
     broken component.
     """
-    from mim_lightning.analysis.limit import bayes_optimal
+    from mim_lightning.analysis.limit import bayes_optimal, parse_alphas
     from mim_lightning.analysis.report import format_limit, format_theory, jsonable
     from mim_lightning.analysis.theory import theory_report
 
     r = usage_checked(link=link, loss=loss, r=r, default_r=default_components()[3])
-    ratios = parse_alphas(alphas) if alphas is not None else None
+    ratios = parse_alphas(alphas) if alphas is not None else None  # MimError (exit 2) when malformed
     with components_named_by_options():
         report = jsonable(theory_report(link, r, loss))
         if ratios is not None:
@@ -388,16 +375,6 @@ def theory(link, r, loss, alphas, noise, as_json):
     if ratios is not None:
         click.echo("\n" + format_limit(report["bayes_optimal"]))
 
-
-def parse_alphas(text: str) -> tuple[float, ...]:
-    """'0.5,1,2' -> (0.5, 1.0, 2.0); BadUsage naming --alphas otherwise."""
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BadUsage(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2") from None
-    if not values or not all(v > 0 and v < float("inf") for v in values):
-        raise BadUsage(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2")
-    return values
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,3 +45,14 @@ def alpha_at_cosine(alphas, cosines, level: float = 0.5) -> float | None:
     if points and points[0][1] >= level:
         return points[0][0]
     return None
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0); a MimError naming --alphas otherwise."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise MimError(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2") from None
+    if not values or not all(v > 0 and v < float("inf") for v in values):
+        raise MimError(f"--alphas {text!r}: give comma-separated numbers > 0, e.g. --alphas 0.5,1,2")
+    return values

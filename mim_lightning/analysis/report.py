@@ -137,3 +137,18 @@ def format_limit(limit: dict) -> str:
                     f"  {limit['error'][i]:>8.1e}  {'yes' if limit['converged'][i] else 'no'}")
     rows.append(f"  ({limit['method']})")
     return "\n".join(rows)
+
+
+def run_summary(results: dict) -> str:
+    """A run's results.json for the terminal: cosines, baseline, mass, test error, times."""
+    cos = ", ".join(f"{c:.3f}" for c in results["principal_cosines"])
+    spectral = results["spectral_principal_cosines"]
+    spec = "off" if spectral is None else (", ".join(f"{c:.3f}" for c in spectral)
+                                           + f"  (top-r by {results.get('spectral_order', 'magnitude')})")
+    return (
+        f"principal cosines   {cos}\n"
+        f"spectral baseline   {spec}\n"
+        f"subspace mass       {results['subspace_mass']:.3f}\n"
+        f"test relative MSE   {results['test_rel_mse']:.4f}\n"
+        f"time                stage 1 {results['timings']['stage1']:.1f} s, stage 2 {results['timings']['stage2']:.1f} s"
+    )

@@ -28,7 +28,7 @@ from importlib import metadata
 import pluggy
 
 from mim_lightning.plugins import hookspecs
-from mim_lightning.plugins.registry import PluginInfo, Registry, RegistrationError
+from mim_lightning.plugins.registry import KINDS, PLURAL, PluginInfo, Registry, RegistrationError
 
 GROUP = "mim_lightning"
 ENV_VAR = "MIM_LIGHTNING_PLUGINS"
@@ -238,7 +238,6 @@ __all__ = ["pm", "get_registry", "get", "plugin_infos", "load_plugins", "reset",
 
 def format_plugins(infos: list[PluginInfo]) -> str:
     """A readable listing: one header line per plugin, then its components or its error."""
-    from mim_lightning.plugins.registry import KINDS, PLURAL
 
     lines = []
     for info in infos:
