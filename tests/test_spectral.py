@@ -1,5 +1,6 @@
 """Label preprocessing, the label-weighted covariance and the spectral baseline."""
 
+import pytest
 import torch
 
 from mim_lightning.plugins.builtins import losses
@@ -53,3 +54,18 @@ def test_spectral_baseline_recovers_an_easy_instance_and_not_noise():
     noise = torch.randn_like(y)  # labels independent of x: nothing to find, overlap near chance
     cos = spectral_cosines([(x, noise)], losses.squared, shift, n, U, identity)["magnitude"][0]
     assert cos.max() < 0.6
+
+
+def test_unbounded_fraction_counts_the_reachable_side():
+    """Preprocessed loss sqrt(1 + t^2) - 1 - t T(y) with T(y) = y: after the shift, the objective
+    falls without bound as t -> +inf where y - shift > 1 and as t -> -inf where y - shift < -1."""
+    from mim_lightning.core.preprocessed_losses import preprocessed_loss
+    from mim_lightning.core.spectral import unbounded_fraction
+
+    y = torch.tensor([[-3.0, -1.5, -0.5, 0.0, 0.5, 1.5, 2.5, 3.0]])
+    loss = preprocessed_loss(lambda v: v)
+    shift = torch.tensor([0.5])       # y - shift: -3.5 -2 -1 -0.5 0 1 2 2.5
+    fraction = lambda sides: unbounded_fraction([(None, y)], loss, shift, 8, lambda t: t, sides=sides).item()  # noqa: E731
+    assert fraction("up") == pytest.approx(2 / 8)      # 2 and 2.5 exceed 1
+    assert fraction("down") == pytest.approx(2 / 8)    # -3.5 and -2 are below -1
+    assert fraction("both") == pytest.approx(4 / 8)

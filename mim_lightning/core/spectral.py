@@ -87,11 +87,12 @@ def matrix_free_cosines(passes: Callable, loss: Callable, shift: torch.Tensor, n
 
 
 def unbounded_fraction(chunks, loss: Callable, shift: torch.Tensor, n: int, reduce: Callable,
-                       far: float = 1e4) -> torch.Tensor:
+                       far: float = 1e4, sides: str = "both") -> torch.Tensor:
     """Fraction of samples (K,) on which the stage-1 objective loss(t, y) + shift * t has no lower
-    bound in the prediction t: its slope at t = +far is negative or at t = -far positive (for a
-    preprocessed loss sqrt(1 + t^2) - 1 - t T(y) this is |T(y) - shift| > 1). Gradient descent run
-    long enough sends f to infinity on those samples."""
+    bound in the prediction t on the side(s) the network can reach: its slope at t = +far is
+    negative ("up": reachable when f can grow) or at t = -far positive ("down"); for a
+    preprocessed loss sqrt(1 + t^2) - 1 - t T(y) this is T(y) - shift > 1 or < -1. Gradient descent
+    run long enough sends f to infinity on those samples."""
     total = None
     for _, y in chunks:
         with torch.enable_grad():
@@ -100,7 +101,8 @@ def unbounded_fraction(chunks, loss: Callable, shift: torch.Tensor, n: int, redu
             t = torch.full_like(y, -far).requires_grad_(True)
             (down,) = torch.autograd.grad(loss(t, y).sum(), t)
         shifted = shift.unsqueeze(-1)
-        bad = ((up + shifted) < -1e-6) | ((down + shifted) > 1e-6)
+        rising, falling = (up + shifted) < -1e-6, (down + shifted) > 1e-6
+        bad = {"up": rising, "down": falling, "both": rising | falling}[sides]
         part = bad.sum(-1).to(torch.float64)
         total = part if total is None else total + part
     return reduce(total) / n

@@ -144,10 +144,11 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
         shift = mean_preprocessing(dm.chunks("d1"), components.stage1_loss, dm.n("d1"), reduce)
     else:
         shift = torch.zeros(len(dm.seeds), device=fabric.device)
-    unbounded = unbounded_fraction(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), reduce)
+    unbounded = unbounded_fraction(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), reduce,
+                                   sides=reachable_sides(cfg, components.activation))
     if fabric.is_global_zero and state is None and float(unbounded.max()) > 0:
         sys.stderr.write(
-            f"Warning: stage 1's objective loss(t, y) + mean(T) t is unbounded below in t on "
+            f"Warning: stage 1's objective loss(t, y) + mean(T) t is unbounded below in the direction f can move on "
             f"{100 * float(unbounded.max()):.1f}% of D1 (the centred preprocessing T(y) - mean(T) exceeds the loss's "
             f"slope bound there): run long enough, stage 1 sends f to infinity on those samples; set stage1.center=false "
             f"or use a loss whose preprocessing stays within its slope bound\n")
@@ -184,6 +185,19 @@ class _Clock:
         now = self.now()
         elapsed, self.last = now - self.last, now
         return elapsed
+
+
+def reachable_sides(cfg: Config, activation) -> str:
+    """Which way f = sum_j a_j sigma(w_j . x + b_j) can run off: with every a_j = +1 (-1) and an
+    activation that is never negative (checked on [-50, 50]), f >= 0 ("up") or f <= 0 ("down");
+    otherwise either ("both")."""
+    if cfg.model.signs == "pairs":
+        return "both"
+    with torch.no_grad():
+        nonnegative = bool(activation(torch.linspace(-50, 50, 2001)).min() >= 0)
+    if not nonnegative:
+        return "both"
+    return "up" if cfg.model.signs == "positive" else "down"
 
 
 def spectral_method(cfg: Config) -> str:
