@@ -58,7 +58,7 @@ def orthonormalise(Z: torch.Tensor) -> torch.Tensor:
 
 
 def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | None = None,
-                    tol: float | None = None) -> torch.Tensor:
+                    tol: float | None = None, norm: torch.Tensor | None = None) -> torch.Tensor:
     """Subspace iteration with Rayleigh-Ritz on W^T W from ``basis`` (K, d, b):
     Q <- orth(W^T W Q), then Q <- Q S with S the eigenvectors (descending) of (W Q)^T (W Q).
 
