@@ -17,7 +17,8 @@ from mim_lightning.analysis.theory import alpha_c
 from mim_lightning.cli import main
 from mim_lightning.config import load_config
 from mim_lightning.errors import MimError, RunFailed
-from mim_lightning.experiments import chance, execute, plots, tables
+from mim_lightning.core import chance
+from mim_lightning.experiments import execute, plots, tables
 from mim_lightning.experiments import grid as grids
 from mim_lightning.experiments import sweep as sweeps
 from mim_lightning.training import run as runner

@@ -1,6 +1,5 @@
 """Chance levels: what a subspace or weights drawn at random would score (the sweep's plots and the
-reference series of a run's TensorBoard draw them; ``mim_lightning.experiments.chance`` re-exports
-them).
+reference series of a run's TensorBoard draw them).
 
 * smallest principal cosine: the median, over uniformly random r-dimensional subspaces of R^d, of
   the smallest principal cosine with a fixed one (a seeded simulation, cached);

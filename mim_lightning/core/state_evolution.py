@@ -136,7 +136,7 @@ def _binned(link, t, wxi, v_half, sigma, s, grid) -> tuple[torch.Tensor, float]:
     """
     r, bins = s["r"], s["bins"]
     n, h, u, keep = grid["n"], grid["h"], grid["u"], grid["keep"]
-    k_nodes, size = len(t), len(keep)
+    k_nodes = len(t)
     shift = h * torch.round(t / h)
     u_rel = u[keep][None] - (t - shift)[:, None, :]  # V^{-1/2} (z - omega), (K, G, r)
     w = torch.exp(-(u_rel * u_rel).sum(-1) / 2)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from mim_lightning.experiments import chance
+from mim_lightning.core import chance
 from mim_lightning.experiments.tables import grouped
 
 
