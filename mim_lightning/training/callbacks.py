@@ -23,15 +23,19 @@ from mim_lightning.training.checkpoints import Interrupted, StopRequest, save_ch
 TRACKING_OVERSAMPLE = 8  # extra directions carried by the tracked subspace estimate
 TRACKING_TOL = 1e-6  # on the CPU the tracked subspace stops iterating once it moves less than this (squared sines; cosines then agree to ~1e-6)
 EXACT_BELOW = 128  # metrics: the exact eigensolver whenever min(m, d) <= this (cheaper than tracking)
+SNAPSHOT_BYTES = 32 * 2**20  # copies of W kept between flushes for one batched measurement, at most
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
 class MetricHistory:
     """Stage 1: subspace mass, principal cosines, |W|_F, mass along M's eigenvectors and the loss,
-    every ``metrics.every_n_steps`` steps (and at 0 and T1), recorded on the device (no host
+    every ``metrics.every_n_steps`` steps (and at 0 and T1), computed on the device (no host
     synchronisation per step) and flushed to the host and the loggers every
     ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
-    Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
+    Small first layers (K m d floats up to ``SNAPSHOT_BYTES``) are copied at the recorded step and
+    measured together at the flush: one batched computation instead of some forty small tensor
+    operations per step, which at small d cost more than the step itself. Larger ones are measured
+    at once. Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
 
     ``log``: ``log(values, step)`` receiving replica 0's metrics, or a sequence of such callables
     (or None), one per replica. ``directions``: M's eigenvectors as columns (r, r), by |eigenvalue|
@@ -45,7 +49,8 @@ class MetricHistory:
         self.cfg, self.U = cfg, None
         self.logs = {0: log} if callable(log) else {k: f for k, f in enumerate(log) if f is not None}
         self.rows: list[dict] = []
-        self.pending: list[tuple] = []
+        self.snapshots: list[tuple] = []   # (step, W, loss) recorded but not yet measured
+        self.pending: list[tuple] = []     # (steps, mass, overlap, losses, norm, along) measured, not yet flushed
         self.basis = None
         self.directions, self.eigenbasis = directions, None
         self.first_loss = None   # the first recorded loss (K,), for stage1/loss_change
@@ -57,75 +62,101 @@ class MetricHistory:
 
     @torch.no_grad()
     def record(self, W: torch.Tensor, step: int, loss: torch.Tensor | None) -> None:
-        """Append step's mass, overlap Q U^T (K, r, r), |W|_F, mass per eigenvector of M and loss,
-        on the device. The mass along M's eigenvectors sums to the subspace mass (they are an
-        orthonormal basis of span U), so one product W V^T gives both."""
-        norm = frobenius(W)                                # NaN or inf when W is not finite
-        if self.eigenbasis is None:
-            along, mass = None, subspace_mass(W, self.U)
+        """Keep step's W (a copy when it is small, measured at the flush) or measure it now."""
+        if W.numel() * W.element_size() <= SNAPSHOT_BYTES // self.cfg.metrics.flush_every_n_steps:
+            self.snapshots.append((step, W.clone(), loss))
         else:
-            along = direction_mass(W, self.eigenbasis, norm)
-            mass = along.sum(-1)
-        overlap = torch.bmm(self.subspace(W, step, norm), self.U.transpose(1, 2))
-        self.pending.append((step, mass, overlap, loss, norm, along))
+            self.snapshots.append((step, W, loss))
+            self.measure()
 
-    def subspace(self, W: torch.Tensor, step: int, norm: torch.Tensor) -> torch.Tensor:
-        """Top-r right singular vectors of W (K, r, d): exact at steps 0 and T1, with
-        metrics.subspace = exact, and whenever min(m, d) <= EXACT_BELOW (an eigensolver of that
-        size costs less than tracking); otherwise tracked from the previous recorded step.
-        Replicas whose W is not finite get NaN (eigensolvers fail on NaN input)."""
-        r, metrics = self.U.shape[1], self.cfg.metrics
+    @torch.no_grad()
+    def measure(self) -> None:
+        """Mass, overlap Q U^T (r, r), |W|_F, mass per eigenvector of M of every kept W, batched
+        over the F kept steps and K replicas (W stacked as (F K, m, d)). The mass along M's
+        eigenvectors sums to the subspace mass (they are an orthonormal basis of span U), so one
+        product W V^T gives both."""
+        if not self.snapshots:
+            return
+        snapshots, self.snapshots = self.snapshots, []
+        F, K = len(snapshots), self.U.shape[0]
+        W = torch.cat([s[1] for s in snapshots])                      # (F K, m, d)
+        U = self.U.repeat(F, 1, 1)
+        norm = frobenius(W)                                          # NaN or inf when W is not finite
+        if self.eigenbasis is None:
+            along, mass = None, subspace_mass(W, U)
+        else:
+            along = direction_mass(W, self.eigenbasis.repeat(F, 1, 1), norm)
+            mass = along.sum(-1)
+        overlap = torch.bmm(self.subspace(W, [s[0] for s in snapshots], norm), U.transpose(1, 2))
+        split = lambda t: None if t is None else t.view(F, K, *t.shape[1:])   # noqa: E731
+        self.pending.append(([s[0] for s in snapshots], split(mass), split(overlap), [s[2] for s in snapshots],
+                             split(norm), split(along)))
+
+    def subspace(self, W: torch.Tensor, steps: list[int], norm: torch.Tensor) -> torch.Tensor:
+        """Top-r right singular vectors (F K, r, d) of W stacked over steps (F K, m, d): exact at
+        steps 0 and T1, with metrics.subspace = exact, and whenever min(m, d) <= EXACT_BELOW (an
+        eigensolver of that size costs less than tracking); otherwise tracked from the previous
+        recorded step. Replicas whose W is not finite get NaN (eigensolvers fail on NaN input)."""
+        r, metrics, small = self.U.shape[1], self.cfg.metrics, min(W.shape[1:]) <= EXACT_BELOW
         finite = torch.isfinite(norm).view(-1, 1, 1)
         if W.device.type != "cpu" or not bool(finite.all()):   # a check would sync a GPU: always guard there
             W = torch.where(finite, W, torch.ones_like(W))
-        if (metrics.subspace == "exact" or min(W.shape[1:]) <= EXACT_BELOW or step in (0, self.cfg.stage1.steps)
-                or self.basis is None):
-            width = min(r + TRACKING_OVERSAMPLE, *W.shape[1:]) if min(W.shape[1:]) > EXACT_BELOW else r
-            self.basis = top_right_singular(W, width).transpose(1, 2)
+        if metrics.subspace == "exact" or small:
+            basis = top_right_singular(W, r)
         else:
             tol = TRACKING_TOL if W.device.type == "cpu" else None  # a check would sync a GPU
-            self.basis = refine_subspace(W, torch.where(torch.isfinite(self.basis), self.basis, 1.0),
-                                         metrics.tracking_iters, r, tol, norm)
-        self.basis = torch.where(finite, self.basis, float("nan"))
-        return self.basis[..., :r].transpose(1, 2)
+            rows = []
+            for W_step, norm_step, step in zip(W.split(self.U.shape[0]), norm.split(self.U.shape[0]), steps, strict=True):
+                if step in (0, self.cfg.stage1.steps) or self.basis is None:
+                    self.basis = top_right_singular(W_step, min(r + TRACKING_OVERSAMPLE, *W.shape[1:])).transpose(1, 2)
+                else:
+                    self.basis = refine_subspace(W_step, torch.where(torch.isfinite(self.basis), self.basis, 1.0),
+                                                 metrics.tracking_iters, r, tol, norm_step)
+                rows.append(self.basis.transpose(1, 2))
+            basis = torch.cat(rows)
+        basis = torch.where(finite, basis, float("nan"))
+        return basis[:, :r]
 
     def flush(self) -> None:
-        """Move pending rows to the host (one synchronisation) and log them."""
+        """Measure the kept weights, move the pending rows to the host (one synchronisation) and
+        log them."""
+        self.measure()
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        steps = [p[0] for p in pending]
-        mass = torch.stack([p[1] for p in pending]).cpu()
-        overlaps = torch.stack([p[2] for p in pending]).cpu()
-        norms = torch.stack([p[4] for p in pending]).double().cpu()
-        along = None if pending[0][5] is None else torch.stack([p[5] for p in pending]).cpu()
-        with_loss = [i for i, p in enumerate(pending) if p[3] is not None]
-        stacked = torch.stack([pending[i][3] for i in with_loss]).double().cpu().tolist() if with_loss else []
-        losses = [None] * len(pending)
+        steps = [step for p in pending for step in p[0]]
+        mass = torch.cat([p[1] for p in pending]).cpu()
+        overlaps = torch.cat([p[2] for p in pending]).cpu()
+        norms = torch.cat([p[4] for p in pending]).double().cpu()
+        along = None if pending[0][5] is None else torch.cat([p[5] for p in pending]).cpu()
+        losses = [loss for p in pending for loss in p[3]]
+        with_loss = [i for i, loss in enumerate(losses) if loss is not None]
+        stacked = torch.stack([losses[i] for i in with_loss]).double().cpu().tolist() if with_loss else []
         for i, loss in zip(with_loss, stacked, strict=True):
             losses[i] = loss
-        recorded = torch.isfinite(overlaps).flatten(1).all(-1) & torch.isfinite(mass).all(-1)
+        recorded = (torch.isfinite(overlaps).flatten(2).all(-1) & torch.isfinite(mass)).all(-1)
         cosines = torch.full(overlaps.shape[:-1], float("nan"))
         cosines[recorded] = cosines_from_overlap(overlaps[recorded])
+        recorded, mass, cosines, norms = recorded.tolist(), mass.tolist(), cosines.tolist(), norms.tolist()   # one conversion each
+        along = None if along is None else along.tolist()
         for i, step in enumerate(steps):
             previous = self.rows[-1] if self.rows else None
             if self.first_loss is None and losses[i] is not None:
                 self.first_loss = losses[i]
-            first_loss = self.first_loss
             if recorded[i]:
-                self.rows.append({"step": step, "subspace_mass": mass[i].tolist(), "principal_cosines": cosines[i].tolist(),
-                                  "weight_norm": norms[i].tolist(), "loss": losses[i]})
+                self.rows.append({"step": step, "subspace_mass": mass[i], "principal_cosines": cosines[i],
+                                  "weight_norm": norms[i], "loss": losses[i]})
             for k, log in self.logs.items():
                 values = {}
                 if losses[i] is not None:
                     values["stage1/loss"] = losses[i][k]
-                    values["stage1/loss_change"] = losses[i][k] - first_loss[k]
+                    values["stage1/loss_change"] = losses[i][k] - self.first_loss[k]
                 if recorded[i]:
-                    values["stage1/subspace_mass"] = float(mass[i, k])
-                    values.update({f"stage1/principal_cosine_{j + 1}": float(c) for j, c in enumerate(cosines[i, k])})
+                    values["stage1/subspace_mass"] = mass[i][k]
+                    values.update({f"stage1/principal_cosine_{j + 1}": c for j, c in enumerate(cosines[i][k])})
                     if along is not None:
-                        values.update({f"stage1/direction_mass_{j + 1}": float(m) for j, m in enumerate(along[i, k])})
-                    norm = float(norms[i, k])
+                        values.update({f"stage1/direction_mass_{j + 1}": m for j, m in enumerate(along[i][k])})
+                    norm = norms[i][k]
                     values["stage1/log10_weight_norm"] = math.log10(max(norm, VANISHED))
                     if previous is not None and previous.get("weight_norm") and step > previous["step"]:
                         before = max(previous["weight_norm"][k], VANISHED)

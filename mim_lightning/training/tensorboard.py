@@ -24,9 +24,9 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from mim_lightning.config import Config, flatten
+from mim_lightning.training.event_file import EventFile
 
 #: HParams columns first (after the swept keys of a sweep): what defines a run
 DEFINING_KEYS = ("data.d", "data.r", "data.link", "data.alpha", "stage1.loss", "stage2.loss", "model.width",
@@ -135,16 +135,15 @@ class Board:
 
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path, self.enabled = Path(path), enabled
-        self.writer: EventFileWriter | None = None
+        self.writer: EventFile | None = None
         self.described: set[str] = set()
 
     def write(self, summary: summary_pb2.Summary, step: int = 0) -> None:
         if not self.enabled:
             return
         if self.writer is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.writer = EventFileWriter(str(self.path))
-        self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+            self.writer = EventFile(self.path)
+        self.writer.write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Scalars as TensorBoard's simple values; each tag's first value carries its description."""
