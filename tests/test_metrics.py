@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mim_lightning.core.measures import principal_cosines, subspace_mass, top_right_singular
+from mim_lightning.core.measures import frobenius, principal_cosines, subspace_mass, top_right_singular
 from mim_lightning.training.metrics import RelativeMSE
 
 
@@ -66,3 +66,13 @@ def test_relative_mse_over_chunks_equals_direct():
         metric.update(f[:, i:i + 300], y[:, i:i + 300])
     want = ((f - y) ** 2).mean(-1) / y.var(-1, unbiased=False)
     assert torch.allclose(metric.compute().float(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-12, 1.0, 1e16, 1e25])
+def test_frobenius_is_exact_at_every_scale(scale):
+    """Float32 squares underflow (tiny stage-1 weights) or overflow: the norm must not."""
+    W = torch.randn(3, 20, 30, generator=torch.Generator().manual_seed(0)) * scale
+    want = W.double().flatten(1).norm(dim=1)
+    got = frobenius(W)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mim_lightning.core.measures import refine_subspace
 from mim_lightning.core.streams import make_split, random_subspace
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.plugins.builtins.links import z1z2
@@ -136,17 +137,43 @@ def test_batched_replicas_equal_separate_runs(tmp_path, extra):
         assert batched["config"]["seed"] == seed
 
 
-def test_tracked_subspace_follows_the_exact_one(tmp_path):
-    """The cheap tracked estimate of W's top-r subspace agrees with the eigensolver along a run."""
+def test_tracked_subspace_follows_the_exact_one(tmp_path, monkeypatch):
+    """The cheap tracked estimate of W's top-r subspace agrees with the eigensolver along a run
+    (tracking is used above EXACT_BELOW; lowered here to keep the run small)."""
+    from mim_lightning.training import callbacks
     from mim_lightning.training.run import train
 
+    monkeypatch.setattr(callbacks, "EXACT_BELOW", 8)
+    calls = []
+    monkeypatch.setattr(callbacks, "refine_subspace", lambda *a, **k: calls.append(1) or refine_subspace(*a, **k))
     histories = []
     for mode in ("exact", "tracked"):
         cfg = tiny_config("data.d=64", "data.alpha=16", "model.width=64", "stage1.steps=12", "data.link=z1z2",
                           f"metrics.subspace={mode}")
         histories.append(train(cfg, tmp_path / mode)["history"])
+    assert len(calls) == 11   # steps 1..11 tracked; 0 and T1 = 12 exact
     for exact, tracked in zip(*histories, strict=True):
         assert tracked["principal_cosines"][0] == pytest.approx(exact["principal_cosines"][0], abs=1e-3)
+
+
+@pytest.mark.parametrize("size", ["data.d=32", "data.d=160"])   # exact and tracked subspaces
+def test_metrics_measured_in_batches_equal_metrics_measured_at_each_step(tmp_path, monkeypatch, size):
+    """Copies of W kept between flushes and measured together give the history of measuring each W
+    at its step, also when the buffer fills up between flushes (two slots)."""
+    from mim_lightning.training import callbacks
+    from mim_lightning.training.run import train
+
+    cfg = tiny_config(size, "model.width=160", "stage1.steps=9", "metrics.flush_every_n_steps=4")
+    histories = {}
+    for name, snapshot_bytes in (("batched", 32 * 2**20), ("at_once", 0), ("two_slots", 2 * 4 * 160 * cfg.data.d)):
+        monkeypatch.setattr(callbacks, "SNAPSHOT_BYTES", snapshot_bytes)
+        histories[name] = train(cfg, tmp_path / name)["history"]
+    assert [row["step"] for row in histories["batched"]] == list(range(10))
+    for key in ("principal_cosines", "subspace_mass"):
+        for name in ("at_once", "two_slots"):
+            got = torch.tensor([row[key] for row in histories[name]])
+            want = torch.tensor([row[key] for row in histories["batched"]])
+            assert torch.allclose(got, want, rtol=1e-6, atol=1e-7), (key, name)
 
 
 def test_ablation_no_sample_splitting_reuses_d1(tmp_path):

@@ -27,13 +27,19 @@ SNAPSHOT_BYTES = 32 * 2**20  # copies of W kept between flushes for one batched 
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
+def snapshot_slots(flush_every_n_steps: int, weight_bytes: int) -> int:
+    """Copies of W the metrics keep between flushes: the steps of a flush interval and step 0,
+    within SNAPSHOT_BYTES (fewer than 2: none, each W is measured at once)."""
+    return min(flush_every_n_steps + 1, SNAPSHOT_BYTES // max(weight_bytes, 1))
+
+
 class MetricHistory:
     """Stage 1: subspace mass, principal cosines, |W|_F, mass along M's eigenvectors and the loss,
     every ``metrics.every_n_steps`` steps (and at 0 and T1), computed on the device (no host
     synchronisation per step) and flushed to the host and the loggers every
     ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
-    Small first layers (K m d floats up to ``SNAPSHOT_BYTES``) are copied at the recorded step and
-    measured together at the flush: one batched computation instead of some forty small tensor
+    Small first layers (K m d floats, up to ``SNAPSHOT_BYTES`` for all steps between flushes)
+    are copied into a buffer at the recorded step and measured together at the flush: one batched computation instead of some forty small tensor
     operations per step, which at small d cost more than the step itself. Larger ones are measured
     at once. Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
 
@@ -49,7 +55,8 @@ class MetricHistory:
         self.cfg, self.U = cfg, None
         self.logs = {0: log} if callable(log) else {k: f for k, f in enumerate(log) if f is not None}
         self.rows: list[dict] = []
-        self.snapshots: list[tuple] = []   # (step, W, loss) recorded but not yet measured
+        self.snapshots: list[tuple] = []   # (step, loss) of the weights in ``buffer``, not yet measured
+        self.buffer = None                 # (slots, K, m, d): copies of W at recorded steps
         self.pending: list[tuple] = []     # (steps, mass, overlap, losses, norm, along) measured, not yet flushed
         self.basis = None
         self.directions, self.eigenbasis = directions, None
@@ -62,24 +69,31 @@ class MetricHistory:
 
     @torch.no_grad()
     def record(self, W: torch.Tensor, step: int, loss: torch.Tensor | None) -> None:
-        """Keep step's W (a copy when it is small, measured at the flush) or measure it now."""
-        if W.numel() * W.element_size() <= SNAPSHOT_BYTES // self.cfg.metrics.flush_every_n_steps:
-            self.snapshots.append((step, W.clone(), loss))
-        else:
-            self.snapshots.append((step, W, loss))
+        """Keep step's W (copied into the snapshot buffer when it is small, measured when the
+        buffer is full or at the flush) or measure it now."""
+        slots = snapshot_slots(self.cfg.metrics.flush_every_n_steps, W.numel() * W.element_size())
+        if slots < 2:
+            self.snapshots.append((step, loss))
+            self.measure(W.unsqueeze(0))
+            return
+        if self.buffer is None or self.buffer.shape[1:] != W.shape or self.buffer.dtype != W.dtype:
+            self.buffer = torch.empty((slots, *W.shape), dtype=W.dtype, device=W.device)
+        if len(self.snapshots) == len(self.buffer):
             self.measure()
+        self.buffer[len(self.snapshots)].copy_(W)
+        self.snapshots.append((step, loss))
 
     @torch.no_grad()
-    def measure(self) -> None:
-        """Mass, overlap Q U^T (r, r), |W|_F, mass per eigenvector of M of every kept W, batched
-        over the F kept steps and K replicas (W stacked as (F K, m, d)). The mass along M's
-        eigenvectors sums to the subspace mass (they are an orthonormal basis of span U), so one
-        product W V^T gives both."""
+    def measure(self, W: torch.Tensor | None = None) -> None:
+        """Mass, overlap Q U^T (r, r), |W|_F, mass per eigenvector of M of every kept W (the
+        buffer's, or ``W`` (F, K, m, d)), batched over the F kept steps and K replicas (W viewed as
+        (F K, m, d)). The mass along M's eigenvectors sums to the subspace mass (they are an
+        orthonormal basis of span U), so one product W V^T gives both."""
         if not self.snapshots:
             return
         snapshots, self.snapshots = self.snapshots, []
         F, K = len(snapshots), self.U.shape[0]
-        W = torch.cat([s[1] for s in snapshots])                      # (F K, m, d)
+        W = (self.buffer[:F] if W is None else W).flatten(0, 1)        # (F K, m, d)
         U = self.U.repeat(F, 1, 1)
         norm = frobenius(W)                                          # NaN or inf when W is not finite
         if self.eigenbasis is None:
@@ -89,7 +103,7 @@ class MetricHistory:
             mass = along.sum(-1)
         overlap = torch.bmm(self.subspace(W, [s[0] for s in snapshots], norm), U.transpose(1, 2))
         split = lambda t: None if t is None else t.view(F, K, *t.shape[1:])   # noqa: E731
-        self.pending.append(([s[0] for s in snapshots], split(mass), split(overlap), [s[2] for s in snapshots],
+        self.pending.append(([s[0] for s in snapshots], split(mass), split(overlap), [s[1] for s in snapshots],
                              split(norm), split(along)))
 
     def subspace(self, W: torch.Tensor, steps: list[int], norm: torch.Tensor) -> torch.Tensor:
@@ -208,15 +222,15 @@ class DivergenceGuard:
             self.check_stage2(module, step)
 
     def check_stage1(self, module, step: int) -> None:
-        s1, W = self.cfg.stage1, module.network.W.detach()
-        finite = bool(torch.isfinite(W).all()) and bool(torch.isfinite(module.last_loss).all())
+        s1, norm = self.cfg.stage1, frobenius(module.network.W.detach())   # NaN or inf when W is not finite
+        finite = bool(torch.isfinite(norm).all()) and bool(torch.isfinite(module.last_loss).all())
         if not finite:
             raise RunFailed(
                 f"stage 1 diverged by step {step}: the first-layer weights or the loss are not finite; "
                 f"lower stage1.lr (now {s1.lr}) or model.init_scale (now {self.cfg.model.init_scale})")
-        if float(W.abs().amax()) < VANISHED:
+        if float(norm.max()) < VANISHED:
             raise RunFailed(
-                f"stage 1 vanished by step {step}: the first-layer weights underflowed to ~0 (max |w| < {VANISHED:g}); "
+                f"stage 1 vanished by step {step}: the first-layer weights underflowed to ~0 (|W|_F < {VANISHED:g}); "
                 f"each step multiplies W by about stage1.lr * |lambda_1(M)| + (1 - stage1.lr * stage1.weight_decay): "
                 f"raise stage1.lr (now {s1.lr}) towards 1 / |lambda_1(M)| (mim theory) or raise model.init_scale")
 

@@ -2,9 +2,10 @@
 
 Per rank, in bytes: the stored data (none when streamed), the network (W, its gradient and the
 optimiser's copy), one chunk of a full-batch pass (its x when streamed and the activations autograd
-keeps, about 6 floats per sample and neuron), the spectral baseline (the d x d matrix and eigh's
-workspace when dense; the Krylov basis when matrix-free) and the stage-2 normal equations. A run
-that would not fit is refused with the largest part and the key that shrinks it.
+keeps, about 6 floats per sample and neuron), the stage-1 metrics' copies of W (at most 32 MiB),
+the spectral baseline (the d x d matrix and eigh's workspace when dense; the Krylov basis when
+matrix-free) and the stage-2 normal equations. A run that would not fit is refused with the
+largest part and the key that shrinks it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from mim_lightning.errors import MimError
+from mim_lightning.training.callbacks import snapshot_slots
 
 FLOAT, DOUBLE = 4, 8
 ACTIVATION_COPIES = 6   # pre-activation, activation, their gradients, f and the loss per sample and neuron
@@ -42,12 +44,20 @@ def run_memory(cfg, replicas: int, stored_bytes: int, chunk_rows: int, streamed:
         "a chunk of a pass": (FLOAT * K * chunk_rows * (ACTIVATION_COPIES * m + (d if streamed else 0)),
                               "set data.chunk_size (samples per chunk of a full-batch pass)"),
         "the stage-2 normal equations": (3 * DOUBLE * K * m * m, "lower model.width"),
+        "the stage-1 metrics' copies of W": (snapshot_bytes(cfg, FLOAT * K * m * d),
+                                             "lower metrics.flush_every_n_steps"),
     }
     if spectral == "dense":
         parts["the dense spectral baseline"] = (3 * DOUBLE * K * d * d, "set baseline.spectral=matrix_free (or off)")
     elif spectral == "matrix_free":
         parts["the matrix-free spectral baseline"] = (DOUBLE * K * d * KRYLOV_COLUMNS, "set baseline.spectral=off")
     return parts
+
+
+def snapshot_bytes(cfg, weight_bytes: int) -> int:
+    """The stage-1 metrics' buffer of W copies (``MetricHistory.record``)."""
+    slots = snapshot_slots(cfg.metrics.flush_every_n_steps, weight_bytes)
+    return slots * weight_bytes if slots >= 2 else 0
 
 
 def check_run_memory(parts: dict, device: torch.device) -> None:
