@@ -111,7 +111,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", nargs="+", default=["64:8:64", "256:8:256", "512:8:512", "1024:8:512"],
                         help="d:alpha:width triples")
-    parser.add_argument("--steps", type=int, default=10, help="T: fits of T and 2T steps are compared")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="T: fits of T and 2T steps are compared (0: T such that a fit takes about 1 s, "
+                             "between 10 and 150 steps; longer fits at d = 64 let the default run's weights vanish)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -129,14 +131,19 @@ def main() -> None:
         def cfg_of(steps):
             return config(d, alpha, width, steps, args.device, args.extra)
 
+        steps = args.steps
+        if not steps:   # about 1 s per fit of T steps, from a short hand loop
+            probe = per_step(lambda cfg: hand_loop_seconds(cfg, args.device), cfg_of, 5)
+            steps = int(min(150, max(10, 1.0 / max(probe, 1e-6))))
+
         framework, hand = [], []
         for _ in range(args.repeats):  # interleaved
-            framework.append(per_step(framework_fit_seconds, cfg_of, args.steps))
-            hand.append(per_step(lambda cfg: hand_loop_seconds(cfg, args.device), cfg_of, args.steps))
+            framework.append(per_step(framework_fit_seconds, cfg_of, steps))
+            hand.append(per_step(lambda cfg: hand_loop_seconds(cfg, args.device), cfg_of, steps))
         fw, hl = statistics.median(framework), statistics.median(hand)
         mm = matmul_seconds(d, n, width, args.device)
         flops = step_flops(d, n, width)
-        rows.append({"d": d, "alpha": alpha, "n": n, "width": width, "device": args.device,
+        rows.append({"d": d, "alpha": alpha, "n": n, "width": width, "device": args.device, "steps": steps,
                      "framework_ms": fw * 1e3, "hand_loop_ms": hl * 1e3, "ratio": fw / hl,
                      "framework_gflops": flops / fw / 1e9, "matmul_only_ms": mm * 1e3,
                      "fraction_of_matmul_throughput": mm / fw})

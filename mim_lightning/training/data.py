@@ -15,7 +15,10 @@ import torch
 from mim_lightning.core.streams import BLOCK, check_labels, local_blocks, make_blocks, make_split, max_local_rows, random_subspace
 from mim_lightning.training.memory import available_memory
 
-STREAM_CHUNK_BYTES = 128 * 2**20  # a streamed chunk's x when data.chunk_size is 0 (at least one block)
+#: a streamed chunk's x when data.chunk_size is 0 (at least one block), by device type: small on the
+#: CPU (a pass holds about two chunks, the one in use and the next; the matmuls run as fast), large
+#: on a GPU (fewer launches per pass)
+STREAM_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 
 
 class MultiIndexDataModule(L.LightningDataModule):
@@ -104,7 +107,8 @@ class MultiIndexDataModule(L.LightningDataModule):
     def blocks_per_chunk(self) -> int:
         """Blocks per streamed chunk: ``chunk_size`` rounded down to whole blocks, or by default as
         many as keep a chunk's x (K rows x d floats) within STREAM_CHUNK_BYTES; at least one."""
-        rows = self.chunk_size or STREAM_CHUNK_BYTES // (4 * len(self.seeds) * self.d)
+        budget = STREAM_CHUNK_BYTES.get(self.device.type, STREAM_CHUNK_BYTES["cuda"])
+        rows = self.chunk_size or budget // (4 * len(self.seeds) * self.d)
         return max(1, rows // BLOCK)
 
     def streamed_chunks(self, split: str):
