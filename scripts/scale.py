@@ -6,6 +6,7 @@ would have taken, and the principal cosines of the network and of the baseline. 
     python scripts/scale.py                                       # CPU: d = 16384, alpha = 2
     python scripts/scale.py --accelerator gpu --d 65536 --alpha 4 --matmul-precision high
     python scripts/scale.py --d 2048 --alpha 4 --uncentred --compare-dense   # matrix-free against dense
+    python scripts/scale_table.py                                  # time and memory per step as d grows
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=4096)
     parser.add_argument("--stream", default="true")
     parser.add_argument("--matmul-precision", default="highest")
+    parser.add_argument("--baseline", default="matrix_free", choices=["matrix_free", "dense", "off"],
+                        help="baseline.spectral of the run")
     parser.add_argument("--uncentred", action="store_true", help="also the uncentred baseline (a second solve)")
     parser.add_argument("--compare-dense", action="store_true", help="also run the dense baseline on the same data")
     parser.add_argument("--json", default="scale.json")
     args = parser.parse_args()
     quiet_lightning()
-    rows = [run(args, "matrix_free")]
+    rows = [run(args, args.baseline)]
     if args.compare_dense:
         rows.append(run(args, "dense"))
         free, dense = rows[0], rows[1]

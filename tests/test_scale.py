@@ -54,18 +54,21 @@ def test_stored_and_streamed_runs_give_the_same_numbers(tmp_path, extra):
 
 @pytest.mark.parametrize("link, order", [(sum_he2, ("magnitude", "largest")), (z1z2, ("magnitude", "smallest"))])
 def test_matrix_free_baseline_equals_the_dense_one(link, order):
-    """Same data, preprocessing and shift: principal cosines within 1e-4 (K = 2 replicas)."""
+    """Same data, preprocessing and shift: principal cosines within 1e-4 (K = 2 replicas, two
+    shifts from the same passes)."""
     torch.manual_seed(0)
     K, d, n = 2, 256, 1024
     U = torch.stack([random_subspace(s, d, 2, "cpu") for s in (1, 2)])
     x = torch.randn(K, n, d)
     y = link(torch.einsum("knd,krd->knr", x, U))
     chunks = [(x[:, i:i + 300], y[:, i:i + 300]) for i in range(0, n, 300)]
-    shift = torch.tensor([0.1, -0.2])
-    dense = spectral_cosines(chunks, huber, shift, n, U, lambda t: t, order)
-    free = matrix_free_cosines(lambda: chunks, huber, shift, n, U, lambda t: t, order)
-    for name in order:
-        assert torch.allclose(free[name], dense[name], atol=1e-4), name
+    shifts = [torch.tensor([0.1, -0.2]), torch.zeros(2)]    # centred and uncentred, solved together
+    free = matrix_free_cosines(lambda: chunks, huber, shifts, n, U, lambda t: t, order)
+    assert len(free) == 2
+    for shift, found in zip(shifts, free, strict=True):
+        dense = spectral_cosines(chunks, huber, shift, n, U, lambda t: t, order)
+        for name in order:
+            assert torch.allclose(found[name], dense[name], atol=1e-4), name
 
 
 def test_the_memory_check_counts_the_dense_baseline():

@@ -66,24 +66,34 @@ def mean_preprocessing(chunks, loss: Callable, n: int, reduce: Callable) -> torc
     return reduce(total) / n
 
 
-def matrix_free_cosines(passes: Callable, loss: Callable, shift: torch.Tensor, n: int, U: torch.Tensor,
-                        reduce: Callable, orders=("magnitude", "largest"), tol: float = 1e-6) -> dict[str, torch.Tensor]:
-    """``spectral_cosines`` without forming Sigmahat: its top-r eigenvectors by block Krylov
-    (``core.matrix_free``) from the products V -> Sigmahat V = (1/n) X^T ((T(y) - shift) * (X V)),
-    one streaming pass over ``passes()`` (a fresh iterator of chunks) per product; the products run
-    in float32 and are summed in float64, which limits ``tol`` to about 1e-6. Memory O(d r passes)."""
+def matrix_free_cosines(passes: Callable, loss: Callable, shifts, n: int, U: torch.Tensor,
+                        reduce: Callable, orders=("magnitude", "largest"), tol: float = 1e-6) -> list[dict[str, torch.Tensor]]:
+    """``spectral_cosines`` without forming Sigmahat, for each shift of ``shifts`` (S tensors (K,),
+    e.g. the centred and the uncentred preprocessing): the top-r eigenvectors of every
+    Sigmahat_s = (1/n) X^T ((T(y) - shift_s) * X) by block Krylov (``core.matrix_free``), the S K
+    operators solved as one batch from the products V -> Sigmahat_s V, all computed in one
+    streaming pass over ``passes()`` (a fresh iterator of chunks) per product: the data are
+    generated once for every shift. The products run in float32 and are summed in float64, which
+    limits ``tol`` to about 1e-6. Memory O(S K d r passes). Returns one {order: cosines (K, r)} per
+    shift."""
     K, r, d = U.shape
+    shifts = torch.stack(list(shifts))                                   # (S, K)
+    S = shifts.shape[0]
 
-    def apply(V: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(K, d, V.shape[-1], dtype=torch.float64, device=U.device)
-        block = V.to(U.dtype)
+    def apply(V: torch.Tensor) -> torch.Tensor:                          # (S K, d, b), shift-major
+        b = V.shape[-1]
+        blocks = V.to(U.dtype).view(S, K, d, b).permute(1, 2, 0, 3).reshape(K, d, S * b)
+        total = torch.zeros(K, d, S * b, dtype=torch.float64, device=U.device)
         for x, y in passes():
-            weight = (label_preprocessing(loss, y) - shift.unsqueeze(-1)).unsqueeze(-1)
-            total += torch.bmm(x.transpose(1, 2), weight * torch.bmm(x, block)).double()
-        return reduce(total) / n
+            weight = label_preprocessing(loss, y).unsqueeze(0) - shifts.unsqueeze(-1)   # (S, K, rows)
+            projected = torch.bmm(x, blocks).view(K, -1, S, b) * weight.permute(1, 2, 0).unsqueeze(-1)
+            total += torch.bmm(x.transpose(1, 2), projected.view(K, -1, S * b)).double()
+        return (reduce(total) / n).view(K, d, S, b).permute(2, 0, 1, 3).reshape(S * K, d, b)
 
-    found, _ = top_eigenpairs_matrix_free(apply, K, d, r, orders=tuple(orders), tol=tol, device=U.device)
-    return {order: principal_cosines(vectors.to(U.dtype), U) for order, (vectors, _) in found.items()}
+    found, _ = top_eigenpairs_matrix_free(apply, S * K, d, r, orders=tuple(orders), tol=tol, device=U.device)
+    cosines = {order: principal_cosines(vectors.to(U.dtype), U.repeat(S, 1, 1)).view(S, K, r)
+               for order, (vectors, _) in found.items()}
+    return [{order: c[s] for order, c in cosines.items()} for s in range(S)]
 
 
 def unbounded_fraction(chunks, loss: Callable, shift: torch.Tensor, n: int, reduce: Callable,

@@ -158,13 +158,13 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
     steps_seconds = clock.lap()
-    baselines = {"spectral": spectral_baseline(cfg, components, dm, shift, reduce), "unbounded_fraction": unbounded}
+    uncentred = cfg.baseline.uncentred and bool((shift != 0).any())
+    found = spectral_baseline(cfg, components, dm, [shift, torch.zeros_like(shift)] if uncentred else [shift], reduce)
+    baselines = {"spectral": found[0], "unbounded_fraction": unbounded}
     if not bool((shift != 0).any()):
         baselines["spectral_uncentred"] = baselines["spectral"]
-    elif cfg.baseline.uncentred:
-        baselines["spectral_uncentred"] = spectral_baseline(cfg, components, dm, torch.zeros_like(shift), reduce)
     else:
-        baselines["spectral_uncentred"] = {}
+        baselines["spectral_uncentred"] = found[1] if uncentred else {}
     baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
     return shift, baselines
 
@@ -206,15 +206,17 @@ def spectral_method(cfg: Config) -> str:
     return ("dense" if cfg.data.d <= DENSE_MAX_D else "matrix_free") if method == "auto" else method
 
 
-def spectral_baseline(cfg: Config, components, dm, shift: torch.Tensor, reduce) -> dict:
-    """Principal cosines (K, r) of the spectral estimator on D1 with the stage-1 preprocessing, per
-    order ({} when baseline.spectral = off)."""
+def spectral_baseline(cfg: Config, components, dm, shifts: list[torch.Tensor], reduce) -> list[dict]:
+    """Principal cosines (K, r) of the spectral estimator on D1 with the stage-1 preprocessing
+    T(y) - shift, per order, for each shift of ``shifts`` ({} each when baseline.spectral = off).
+    The matrix-free solver serves every shift from the same passes over the data."""
     method, orders = spectral_method(cfg), ("magnitude", "largest", "smallest")
     if method == "off":
-        return {}
+        return [{} for _ in shifts]
     if method == "dense":
-        return spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
-    return matrix_free_cosines(lambda: dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
+        return [spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
+                for shift in shifts]
+    return matrix_free_cosines(lambda: dm.chunks("d1"), components.stage1_loss, shifts, dm.n("d1"), dm.U, reduce, orders)
 
 
 def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None):
