@@ -77,7 +77,8 @@ def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | N
     The Rayleigh-Ritz rotation puts the best r-dimensional subspace of span(Q) first, so the leading
     r columns converge to W's top-r right singular subspace with the error shrinking by
     (s_{b+1} / s_r)^2 per iteration (b = r + oversampling), not only (s_{r+1} / s_r)^2 as plain
-    orthogonal iteration's leading columns would. Each iteration costs 4 m d b flops and two b x b
+    orthogonal iteration's leading columns would. Each iteration costs 4 m d b flops (W Q of the
+    rotated basis is the previous product rotated, not a third pass over W) and two b x b
     eigensolvers (``orthonormalise``), far below the O(min(m, d)^3) of an eigensolver of W, with
     no host synchronisation on a GPU. The basis is carried from one recorded step to the next,
     where W has changed little. With ``tol`` (used on the CPU, where a check costs no
@@ -87,13 +88,16 @@ def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | N
     norm = frobenius(W) if norm is None else norm
     scale = (1 / norm.clamp_min(1e-300)).clamp_max(torch.finfo(W.dtype).max).to(W.dtype).view(-1, 1, 1)
     Q = basis
+    WQ = torch.bmm(W, Q) * scale                                              # W Q / |W|
     for _ in range(iters):
-        rows = torch.bmm((torch.bmm(W, Q) * scale).transpose(1, 2), W) * scale  # (W^T W Q)^T / |W|^2
+        rows = torch.bmm(WQ.transpose(1, 2), W) * scale                       # (W^T W Q)^T / |W|^2
         previous = Q
         Q = orthonormalise(rows.transpose(1, 2))
         WQ = torch.bmm(W, Q).double() * scale.double()
         _, vectors = torch.linalg.eigh(torch.bmm(WQ.transpose(1, 2), WQ))
-        Q = torch.bmm(Q, vectors.flip(-1).to(Q.dtype))
+        rotation = vectors.flip(-1)
+        Q = torch.bmm(Q, rotation.to(Q.dtype))
+        WQ = torch.bmm(WQ, rotation).to(W.dtype)                              # W Q / |W| of the rotated Q
         if tol is not None:
             lead, old = Q[..., :r], previous[..., :r]
             moved = (lead - torch.bmm(old, torch.bmm(old.transpose(1, 2), lead))).square().sum((1, 2))
