@@ -105,6 +105,27 @@ def test_multi_index_principal_cosines(link, alpha, orders):
         assert not torch.allclose(cosines(V, U)[0], cosines(V, U)[1])   # replicas saw different data
 
 
+@pytest.mark.parametrize("max_blocks", [3, 5, 100])
+def test_thick_restarts_keep_the_basis_small_and_the_answer(max_blocks):
+    """All three orders at once on a hard instance (small gap): the basis never holds more than
+    max_blocks blocks, and the restarted solver agrees with the dense eigensolver."""
+    K, d, r, b = 2, 384, 2, 2 * 2 + 8
+    X, w, U = multi_index(K, d, 2, "product", seed=4)
+    sizes = []
+    apply = streaming_apply(X, w)
+    out, info = top_eigenpairs_matrix_free(lambda V: sizes.append(V.shape[-1]) or apply(V), K, d, r,
+                                           orders=("magnitude", "largest", "smallest"), block=b, seed=3,
+                                           max_blocks=max_blocks, max_passes=200)
+    assert info["converged"]
+    assert info["basis_size"] <= max_blocks * b
+    assert (info["restarts"] > 0) == (max_blocks < 100)
+    sigma = X.transpose(1, 2) @ (w.unsqueeze(-1) * X) / X.shape[1]
+    for order, (V, values) in out.items():
+        Vd, vd = dense_top(sigma, r, order)
+        assert torch.allclose(values, vd, atol=1e-9), order
+        assert (cosines(V, U) - cosines(Vd, U)).abs().max() < 1e-5, order
+
+
 def test_deterministic_and_reports_non_convergence():
     K, d, r = 2, 200, 2
     X, w, U = multi_index(K, d, 4, "product", seed=2)
@@ -124,6 +145,7 @@ def test_deterministic_and_reports_non_convergence():
     (dict(orders=("largest", "median")), "order must be one of"),
     (dict(block=1), "block must satisfy"),
     (dict(max_passes=0), "max_passes must be"),
+    (dict(max_blocks=2), "max_blocks must be"),
 ])
 def test_bad_input(kwargs, message):
     args = dict(apply=lambda V: V, K=1, d=10, r=2) | kwargs

@@ -21,7 +21,17 @@ largest ones. The Ritz residual needs no extra pass:
 Convergence per replica: for every wanted pair |B_p E_p^T s_k| <= tol * max_k |theta_k| and the
 wanted Ritz values moved by <= tol * max|theta| since the previous pass (guards against an
 eigenvalue not yet seen). The eigenvector error is about residual / gap (gap to the rest of the
-spectrum). Memory O(K d m); nothing O(d^2) is formed.
+spectrum).
+
+Thick restart (Krylov-Schur): when the basis would exceed ``max_blocks`` blocks, it is replaced by
+the Ritz vectors Y = Q S_k of the h = max_blocks b / 4 smallest and h largest Ritz values (half the
+basis, from both ends of the spectrum, so every order keeps its candidates) and the last block
+Q_p, with
+
+    A Y = Y Theta_k + Q_p (B_p E_p^T S_k),   H <- [[Theta_k, C^T], [C, .]],  C = B_p E_p^T S_k,
+
+an exact Arnoldi relation again, so the iteration goes on from there. Memory O(K d b max_blocks),
+independent of the number of passes; nothing O(d^2) is formed.
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ from typing import Callable
 import torch
 
 ORDERS = ("magnitude", "largest", "smallest")
+MAX_BLOCKS = 16      # the basis holds at most this many blocks before a thick restart (at d = 4096 one
+                     # pass more than an unbounded basis, which would hold 36 blocks)
+DEFAULT_BLOCK = 32   # the block for r <= 12 (min(d, max(2 r + 8, 32)))
 
 
 def _key(theta: torch.Tensor, order: str) -> torch.Tensor:
@@ -48,7 +61,7 @@ def _project(blocks: list[torch.Tensor], W: torch.Tensor):
 
 def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K: int, d: int, r: int,
                                order: str = "magnitude", *, orders=None, block: int | None = None,
-                               max_passes: int = 100, tol: float = 1e-8, seed: int = 0,
+                               max_passes: int = 100, tol: float = 1e-8, seed: int = 0, max_blocks: int = MAX_BLOCKS,
                                generator: torch.Generator | None = None, dtype=torch.float64,
                                device=None):
     """Top-r eigenpairs of the symmetric operator ``apply`` (K, d, b) -> (K, d, b), per replica.
@@ -58,12 +71,13 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
     ({order: (vectors, values)}, info) from one Krylov basis, converged for every order.
     ``block`` defaults to min(d, max(2r + 8, 32)): a pass costs about the same for any moderate b
     while a wider block needs fewer passes (memory K d b passes); ``max_passes`` bounds the apply
-    calls (each is one pass); ``tol`` is the relative Ritz residual (at least 100 eps of ``dtype``;
+    calls (each is one pass); ``max_blocks`` (>= 3) bounds the basis (a thick restart keeps half
+    of it as Ritz vectors); ``tol`` is the relative Ritz residual (at least 100 eps of ``dtype``;
     tol 1e-6 saves about a fifth of the passes); the start block comes from ``generator`` (CPU)
     or ``seed``, so the result is deterministic. The basis is kept as a list of (K, d, b) blocks
     (no copies as it grows). info: passes (apply calls), converged (bool, all
     replicas), converged_replicas (K,), residuals {order: (K, r) relative residuals}, block,
-    basis_size.
+    basis_size, restarts.
     """
     wanted = ((orders,) if isinstance(orders, str) else tuple(orders)) if orders is not None else (order,)
     for o in wanted:
@@ -75,11 +89,13 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
         raise ValueError(f"K and d must be >= 1, got K={K}, d={d}")
     if not 1 <= r <= d:
         raise ValueError(f"r must satisfy 1 <= r <= d = {d}, got r={r}")
-    b = min(d, max(2 * r + 8, 32)) if block is None else block
+    b = min(d, max(2 * r + 8, DEFAULT_BLOCK)) if block is None else block
     if not r <= b <= d:
         raise ValueError(f"block must satisfy r = {r} <= block <= d = {d}, got block={block}")
     if max_passes < 1:
         raise ValueError(f"max_passes must be >= 1, got {max_passes}")
+    if max_blocks < 3:
+        raise ValueError(f"max_blocks must be >= 3 (a restart keeps two blocks of Ritz vectors), got {max_blocks}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     tol = max(tol, 100 * torch.finfo(dtype).eps)            # float32 cannot resolve less
@@ -88,7 +104,7 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
     last = torch.linalg.qr(start).Q
     blocks = [last]
     H = torch.zeros(K, b, b, dtype=dtype, device=last.device)
-    prev = None
+    prev, restarts = None, 0
     for passes in range(1, max_passes + 1):
         W = apply(last)
         if tuple(W.shape) != tuple(last.shape):
@@ -114,6 +130,16 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
             break
         keep = min(b, d - m)                                 # the basis never exceeds d columns
         last = Qn[..., :keep]
+        h = max_blocks * b // 4                              # Ritz vectors kept at each end on a restart
+        if m + keep > max_blocks * b and 2 * h < m:          # thick restart at both ends of the spectrum
+            kept = torch.cat([S[..., :h], S[..., -h:]], -1)  # (K, m, 2h), theta ascending
+            Y = sum(Q @ s for Q, s in zip(blocks, kept.split([Q.shape[-1] for Q in blocks], 1)))
+            coupling = B[:, :keep] @ kept[:, m - c:, :]      # Q_p^T A Y
+            blocks, H = [Y, last], torch.zeros(K, 2 * h + keep, 2 * h + keep, dtype=dtype, device=H.device)
+            H[:, :2 * h, :2 * h] = torch.diag_embed(torch.cat([theta[:, :h], theta[:, -h:]], -1))
+            H[:, 2 * h:, :2 * h] = coupling
+            restarts += 1
+            continue
         blocks.append(last)
         grown = torch.zeros(K, m + keep, m + keep, dtype=dtype, device=H.device)
         grown[:, :m, :m] = H
@@ -129,7 +155,7 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
         out[o] = (vectors.transpose(1, 2), theta.gather(-1, i))
         residuals[o] = res.gather(-1, i)
     info = {"passes": passes, "converged": bool(ok.all()), "converged_replicas": ok,
-            "residuals": residuals, "block": b, "basis_size": H.shape[-1]}
+            "residuals": residuals, "block": b, "basis_size": H.shape[-1], "restarts": restarts}
     if orders is not None:
         return out, info
     return (*out[order], info)

@@ -74,7 +74,8 @@ def matrix_free_cosines(passes: Callable, loss: Callable, shifts, n: int, U: tor
     operators solved as one batch from the products V -> Sigmahat_s V, all computed in one
     streaming pass over ``passes()`` (a fresh iterator of chunks) per product: the data are
     generated once for every shift. The products run in float32 and are summed in float64, which
-    limits ``tol`` to about 1e-6. Memory O(S K d r passes). Returns one {order: cosines (K, r)} per
+    limits ``tol`` to about 1e-6. Memory O(S K d b max_blocks) (``core.matrix_free``), not growing
+    with the passes. Returns one {order: cosines (K, r)} per
     shift."""
     K, r, d = U.shape
     shifts = torch.stack(list(shifts))                                   # (S, K)

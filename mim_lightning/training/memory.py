@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from mim_lightning.core.matrix_free import DEFAULT_BLOCK, MAX_BLOCKS
 from mim_lightning.errors import MimError
 from mim_lightning.training.callbacks import snapshot_slots
 
 FLOAT, DOUBLE = 4, 8
 ACTIVATION_COPIES = 6   # pre-activation, activation, their gradients, f and the loss per sample and neuron
-KRYLOV_COLUMNS = 100 * 32  # the matrix-free solver's basis at its pass limit (passes x block)
+KRYLOV_COLUMNS = (MAX_BLOCKS + 1) * DEFAULT_BLOCK  # the matrix-free solver's basis (restarted) and its next block
 
 
 def available_memory(device: torch.device) -> int | None:
