@@ -114,8 +114,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["64:8:64", "256:8:256", "512:8:512", "1024:8:512"],
                         help="d:alpha:width triples")
     parser.add_argument("--steps", type=int, default=0,
-                        help="T: fits of T and 2T steps are compared (0: T such that a fit takes about 1 s, "
-                             "between 10 and 150 steps; longer fits at d = 64 let the default run's weights vanish)")
+                        help="T: fits of T and 2T steps are compared (0: T such that a fit takes about 2 s, "
+                             "between 20 and 150 steps; longer fits at d = 64 let the default run's weights vanish)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -134,9 +134,9 @@ def main() -> None:
             return config(d, alpha, width, steps, args.device, args.extra)
 
         steps = args.steps
-        if not steps:   # about 1 s per fit of T steps, from a short hand loop
+        if not steps:   # about 2 s per fit of T steps, from a short hand loop
             probe = per_step(lambda cfg: hand_loop_seconds(cfg, args.device), cfg_of, 5)
-            steps = int(min(150, max(10, 1.0 / max(probe, 1e-6))))
+            steps = int(min(150, max(20, 2.0 / max(probe, 1e-6))))
 
         framework, hand = [], []
         for _ in range(args.repeats):  # interleaved

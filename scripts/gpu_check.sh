@@ -20,4 +20,4 @@ done
 python scripts/bench_ensemble.py --accelerator gpu --sizes 256 1024 --replicas 8 --repeats 3 \
   --json "$out/bench_ensemble_gpu.json" 2>&1 | grep -v Warning | tail -4
 python scripts/scale.py --accelerator gpu --d 65536 --alpha 4 --alpha2 1 --width 256 --steps 10 \
-  --matmul-precision high --json "$out/scale_d65536_gpu.json" 2>&1 | grep -v Warning | tail -40
+  --uncentred --matmul-precision high --json "$out/scale_d65536_gpu.json" 2>&1 | grep -v Warning | tail -40

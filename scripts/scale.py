@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--matmul-precision", default="highest")
     parser.add_argument("--baseline", default="matrix_free", choices=["matrix_free", "dense", "off"],
                         help="baseline.spectral of the run")
-    parser.add_argument("--uncentred", action="store_true", help="also the uncentred baseline (a second solve)")
+    parser.add_argument("--uncentred", action="store_true", help="also the uncentred baseline (as mim train does by default)")
     parser.add_argument("--compare-dense", action="store_true", help="also run the dense baseline on the same data")
     parser.add_argument("--json", default="scale.json")
     args = parser.parse_args()

@@ -39,9 +39,10 @@ class MetricHistory:
     synchronisation per step) and flushed to the host and the loggers every
     ``metrics.flush_every_n_steps`` steps, at the end and before a checkpoint.
     Small first layers (K m d floats, up to ``SNAPSHOT_BYTES`` for all steps between flushes)
-    are copied into a buffer at the recorded step and measured together at the flush: one batched computation instead of some forty small tensor
-    operations per step, which at small d cost more than the step itself. Larger ones are measured
-    at once. Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
+    are copied into a buffer at the recorded step and measured together at the flush: one batched
+    computation instead of some forty small tensor operations per step, which at small d cost more
+    than the step itself. Larger ones are measured at once.
+    Stage 2: the objective of every pass (``stage2/loss``; one synchronisation per pass).
 
     ``log``: ``log(values, step)`` receiving replica 0's metrics, or a sequence of such callables
     (or None), one per replica. ``directions``: M's eigenvectors as columns (r, r), by |eigenvalue|
@@ -119,8 +120,8 @@ class MetricHistory:
             basis = top_right_singular(W, r)
         else:
             tol = TRACKING_TOL if W.device.type == "cpu" else None  # a check would sync a GPU
-            rows = []
-            for W_step, norm_step, step in zip(W.split(self.U.shape[0]), norm.split(self.U.shape[0]), steps, strict=True):
+            rows, K = [], self.U.shape[0]
+            for W_step, norm_step, step in zip(W.split(K), norm.split(K), steps, strict=True):
                 if step in (0, self.cfg.stage1.steps) or self.basis is None:
                     self.basis = top_right_singular(W_step, min(r + TRACKING_OVERSAMPLE, *W.shape[1:])).transpose(1, 2)
                 else:
