@@ -70,12 +70,12 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
     descending); with ``orders`` (a tuple of orders, ``order`` is then ignored) returns
     ({order: (vectors, values)}, info) from one Krylov basis, converged for every order.
     ``block`` defaults to min(d, max(2r + 8, 32)): a pass costs about the same for any moderate b
-    while a wider block needs fewer passes (memory K d b passes); ``max_passes`` bounds the apply
+    while a wider block needs fewer passes (memory K d b max_blocks); ``max_passes`` bounds the apply
     calls (each is one pass); ``max_blocks`` (>= 3) bounds the basis (a thick restart keeps half
     of it as Ritz vectors); ``tol`` is the relative Ritz residual (at least 100 eps of ``dtype``;
     tol 1e-6 saves about a fifth of the passes); the start block comes from ``generator`` (CPU)
-    or ``seed``, so the result is deterministic. The basis is kept as a list of (K, d, b) blocks
-    (no copies as it grows). info: passes (apply calls), converged (bool, all
+    or ``seed``, so the result is deterministic. The basis is kept as a list of blocks (no copies
+    as it grows; one (K, d, 2h) block of Ritz vectors after a restart). info: passes (apply calls), converged (bool, all
     replicas), converged_replicas (K,), residuals {order: (K, r) relative residuals}, block,
     basis_size, restarts.
     """
@@ -95,7 +95,7 @@ def top_eigenpairs_matrix_free(apply: Callable[[torch.Tensor], torch.Tensor], K:
     if max_passes < 1:
         raise ValueError(f"max_passes must be >= 1, got {max_passes}")
     if max_blocks < 3:
-        raise ValueError(f"max_blocks must be >= 3 (a restart keeps two blocks of Ritz vectors), got {max_blocks}")
+        raise ValueError(f"max_blocks must be >= 3 (a restart keeps half of the basis), got {max_blocks}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     tol = max(tol, 100 * torch.finfo(dtype).eps)            # float32 cannot resolve less

@@ -56,6 +56,7 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
         wrapped = module
     module.stage_optimizer = optimizer
     fabric.call("on_stage_start", fabric=fabric, stage=stage, module=module)
+    # the callbacks Fabric.call walks (Fabric keeps them in _callbacks; there is no public accessor)
     step_hooks = [hook for hook in (getattr(c, "on_step_end", None) for c in fabric._callbacks) if callable(hook)]
     step = first - 1
     for step in range(first, last + 1):
