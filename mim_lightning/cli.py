@@ -149,6 +149,11 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
     """Plan, lock the folder, train, and record the outcome in it (rank zero writes). Components
     are looked up and probed before the training stack (Lightning) is imported: bad names answer
     fast."""
+    from mim_lightning.plugins.names import refuse_unknown_keys
+
+    refuse_unknown_keys([("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
+                         ("stage2.loss", "loss", cfg.stage2.loss), ("model.activation", "activation", cfg.model.activation)])
+
     from mim_lightning.plugins.validate import resolve_run_components
 
     components = resolve_run_components(cfg)
@@ -298,6 +303,14 @@ def default_components():
     return defaults.data.link, defaults.stage1.loss, defaults.model.activation, defaults.data.r
 
 
+def refuse_unknown_options(**options) -> None:
+    """Refuse a misspelt --link/--loss/--activation before torch is imported (when no plugin can
+    provide it; ``plugins.names``)."""
+    from mim_lightning.plugins.names import refuse_unknown_keys
+
+    refuse_unknown_keys([(f"--{kind}", kind, name) for kind, name in options.items() if name is not None])
+
+
 @main.command()
 @click.option("--link", cls=ComponentOption, kind="link", help="Link to check (Assumption 1; with --loss also Assumption 5).")
 @click.option("--loss", cls=ComponentOption, kind="loss", help="Loss to check (Assumption 3; with --link also Assumption 5).")
@@ -312,6 +325,8 @@ def check(link, loss, activation, r, as_json):
     loss and activation). Exit 0 when every check holds, 1 when one is violated, 2 on bad usage or
     a broken component.
     """
+    refuse_unknown_options(link=link, loss=loss, activation=activation)
+
     from mim_lightning.analysis import assumptions
     from mim_lightning.analysis.report import jsonable, text_table, violations
 
@@ -358,6 +373,8 @@ def theory(link, r, loss, alphas, noise, as_json):
     alpha_c is computed for r <= 6 (its cost grows like r^4). Exit 0, or 2 on bad usage or a
     broken component.
     """
+    refuse_unknown_options(link=link, loss=loss)
+
     from mim_lightning.analysis.limit import bayes_optimal, parse_alphas
     from mim_lightning.analysis.report import format_limit, format_theory, jsonable
     from mim_lightning.analysis.theory import theory_report

@@ -188,3 +188,36 @@ def test_multi_node_without_a_launcher_fails_at_once(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "torchrun" in result.output and "SLURM" in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+def test_builtin_names_are_the_registrys():
+    """plugins.names answers misspelt names without torch: its list must be what the built-ins register."""
+    from mim_lightning.plugins import manager
+    from mim_lightning.plugins.names import BUILTIN_NAMES
+
+    registry = manager.get_registry()
+    for kind, names in BUILTIN_NAMES.items():
+        builtin = sorted(c.name for c in registry.all() if c.kind == kind and registry.plugins[c.plugin].builtin)
+        assert sorted(names) == builtin, kind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message, code", [
+    (["train", "--set", "data.link=nope"], "Error: data.link: unknown link 'nope'; available: he2,", 1),
+    (["train", "--set", "stage2.loss=hubr"], "Error: stage2.loss: unknown loss 'hubr' (did you mean 'huber'?)", 1),
+    (["check", "--activation", "relux"], "Error: --activation: unknown activation 'relux' (did you mean 'relu'?)", 2),
+    (["theory", "--link", "he2", "--loss", "hubr"], "Error: --loss: unknown loss 'hubr' (did you mean 'huber'?)", 2),
+])
+def test_a_misspelt_component_is_refused_before_torch_loads(tmp_path, args, message, code):
+    """The fast start: with no plugin that could provide the name, the registry's error comes
+    without importing torch (1-3 s)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom mim_lightning.cli import main\ntry:\n    main(sys.argv[1:])\n"
+              "except SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "MIM_LIGHTNING_PLUGINS": ""}, timeout=60)
+    assert done.stderr.startswith(message), done.stderr
+    assert done.stdout.split() == [str(code), "False"]

@@ -28,10 +28,9 @@ from importlib import metadata
 import pluggy
 
 from mim_lightning.plugins import hookspecs
+from mim_lightning.plugins.names import ENV_VAR, GROUP
 from mim_lightning.plugins.registry import KINDS, PLURAL, PluginInfo, Registry, RegistrationError
 
-GROUP = "mim_lightning"
-ENV_VAR = "MIM_LIGHTNING_PLUGINS"
 DEFAULT_PLUGINS = (
     "mim_lightning.plugins.builtins.links",
     "mim_lightning.plugins.builtins.losses",

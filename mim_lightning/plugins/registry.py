@@ -73,6 +73,11 @@ def closest(name: str, choices) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def unknown_component(kind: str, name, names, hint: str = "") -> MimError:
+    """The one-line error for a name that is not among ``names``: a close match and the list."""
+    return MimError(f"unknown {kind} {name!r}{closest(str(name), names)}; available: {', '.join(sorted(names))}{hint}")
+
+
 def _accepts(fn: Callable, n_args: int) -> bool:
     """Whether fn can be called with n_args positional arguments (True when unknowable)."""
     try:
@@ -155,9 +160,7 @@ class Registry:
             for info in broken:
                 self.warn(f"{info.describe()} is broken: {info.error}")
             hint = f"; {len(broken)} plugin(s) failed to load, see `mim plugins`" if broken else ""
-            raise MimError(
-                f"unknown {kind} {name!r}{closest(str(name), items)}; available: {', '.join(sorted(items))}{hint}"
-            )
+            raise unknown_component(kind, name, items, hint)
         for message in self.rejected.get((kind, name), []):
             self.warn(f"{message}; using the one from {self.describe(items[name].plugin)}")
         return items[name]
