@@ -1,4 +1,4 @@
-"""The lean full-batch loop on Lightning Fabric, and the Fabric of a run.
+"""The lean full-batch loop on Lightning Fabric, the Fabric of a run and the clock of its timings.
 
 Why Fabric and not the Trainer: a step here is one pass over the data, and at small d the
 Trainer's fixed cost per step (epoch or batch hooks, loop bookkeeping) is as large as the step
@@ -10,6 +10,7 @@ launching, loggers) and the stage LightningModules; the loop is this file's doze
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable, Iterable
 
 import lightning as L
@@ -74,3 +75,21 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
         for hook in step_hooks:   # Fabric.call's semantics, resolved once: it inspects each signature per call
             hook(fabric=fabric, stage=stage, module=module, step=step)
     fabric.call("on_stage_end", fabric=fabric, stage=stage, module=module, step=step)
+
+
+class Clock:
+    """Wall-clock laps that include the device's queued work (one synchronisation per lap)."""
+
+    def __init__(self, fabric):
+        self.cuda = fabric.device.type == "cuda"
+        self.last = self.now()
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self.now()
+        elapsed, self.last = now - self.last, now
+        return elapsed

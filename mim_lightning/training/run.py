@@ -30,7 +30,7 @@ from mim_lightning.plugins.validate import RunComponents, resolve_run_components
 from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
 from mim_lightning.training.checkpoints import CHECKPOINT, StopRequest, load_checkpoint
 from mim_lightning.training.data import MultiIndexDataModule
-from mim_lightning.training.loop import fit_stage, make_fabric
+from mim_lightning.training.loop import Clock, fit_stage, make_fabric
 from mim_lightning.training.memory import check_run_memory, run_memory
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
@@ -154,37 +154,17 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
             f"or use a loss whose preprocessing stays within its slope bound\n")
     stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift)
     stage1.U = dm.U
-    clock = _Clock(fabric)
+    clock = Clock(fabric)
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
               cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
     steps_seconds = clock.lap()
-    uncentred = cfg.baseline.uncentred and bool((shift != 0).any())
-    found = spectral_baseline(cfg, components, dm, [shift, torch.zeros_like(shift)] if uncentred else [shift], reduce)
-    baselines = {"spectral": found[0], "unbounded_fraction": unbounded}
-    if not bool((shift != 0).any()):
-        baselines["spectral_uncentred"] = baselines["spectral"]
-    else:
-        baselines["spectral_uncentred"] = found[1] if uncentred else {}
+    centred = bool((shift != 0).any())   # else the uncentred baseline is the same one
+    shifts = [shift, torch.zeros_like(shift)] if centred and cfg.baseline.uncentred else [shift]
+    found = spectral_baseline(cfg, components, dm, shifts, reduce)
+    baselines = {"spectral": found[0], "unbounded_fraction": unbounded,
+                 "spectral_uncentred": found[1] if len(found) > 1 else ({} if centred else found[0])}
     baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
     return shift, baselines
-
-
-class _Clock:
-    """Wall-clock laps that include the device's queued work (one synchronisation per lap)."""
-
-    def __init__(self, fabric):
-        self.cuda = fabric.device.type == "cuda"
-        self.last = self.now()
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self) -> float:
-        now = self.now()
-        elapsed, self.last = now - self.last, now
-        return elapsed
 
 
 def reachable_sides(cfg: Config, activation) -> str:
