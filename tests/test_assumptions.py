@@ -172,15 +172,10 @@ def test_cache_follows_the_registry():
     # The same name registered to another function (plugins changed) is not served from the cache.
     import types
 
+    from helpers import plugin_registered
     from mim_lightning import hookimpl
-    from mim_lightning.plugins import manager as plugins
 
     for link, degree in [(lambda z: z[..., 0] ** 2 - 1, 2), (lambda z: z[..., 0] ** 3, 3)]:
         plugin = types.SimpleNamespace(register_links=hookimpl(lambda register: register("swap_link", link)))
-        plugins.pm.register(plugin, name="swap_plugin")
-        plugins.get_registry.cache_clear()
-        try:
+        with plugin_registered(plugin, "swap_plugin"):
             assert assumptions.check_link("swap_link", 1)["degree"] == degree
-        finally:
-            plugins.pm.unregister(name="swap_plugin")
-            plugins.get_registry.cache_clear()

@@ -10,9 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mim_lightning import hookimpl
 from mim_lightning.cli import main
-from mim_lightning.plugins import manager as plugins
 
-from helpers import TINY
+from helpers import TINY, plugin_registered
 
 IN_THEORY = ["data.link=z1z2", "stage1.loss=huber", "model.activation=logcosh"]
 
@@ -133,12 +132,8 @@ class ThreeLinks:
 
 @pytest.fixture
 def three_links():
-    plugin = ThreeLinks()
-    plugins.pm.register(plugin, name="three_links")
-    plugins.get_registry.cache_clear()
-    yield
-    plugins.pm.unregister(plugin)
-    plugins.get_registry.cache_clear()
+    with plugin_registered(ThreeLinks(), "three_links"):
+        yield
 
 
 def test_check_answers_for_large_r():

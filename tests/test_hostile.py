@@ -9,10 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from mim_lightning import hookimpl
-from mim_lightning.plugins import manager as plugins
 from mim_lightning.cli import main
 
-from helpers import TINY
+from helpers import TINY, plugin_registered
 
 
 class HostilePlugin:
@@ -43,12 +42,8 @@ class HostilePlugin:
 
 @pytest.fixture
 def hostile():
-    plugin = HostilePlugin()
-    plugins.pm.register(plugin, name="hostile")
-    plugins.get_registry.cache_clear()
-    yield
-    plugins.pm.unregister(plugin)
-    plugins.get_registry.cache_clear()
+    with plugin_registered(HostilePlugin(), "hostile"):
+        yield
 
 
 def invoke(tmp_path, *args):
