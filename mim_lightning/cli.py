@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from mim_lightning.errors import MimError
+from mim_lightning.errors import MimError, os_error_line
 
 
 class CommandError(click.ClickException):
@@ -25,9 +25,10 @@ class CommandError(click.ClickException):
 
 
 def friendly_errors(command=None, *, exit_code: int = 1):
-    """Turn MimError (and any unforeseen exception) into 'Error: <one line>' and exit with
-    ``exit_code`` (1; 2 for check and theory, whose 1 means a violated assumption), unless --debug
-    is given. Use as @friendly_errors or @friendly_errors(exit_code=2)."""
+    """Turn MimError, OSError (``errors.os_error_line``) and any unforeseen exception into
+    'Error: <one line>' and exit with ``exit_code`` (1; 2 for check and theory, whose 1 means a
+    violated assumption), unless --debug is given. Use as @friendly_errors or
+    @friendly_errors(exit_code=2)."""
     if command is None:
         return functools.partial(friendly_errors, exit_code=exit_code)
 
@@ -45,18 +46,23 @@ def friendly_errors(command=None, *, exit_code: int = 1):
         except Exception as exc:  # noqa: BLE001 - anything unforeseen still gets one line
             if ctx.find_root().params.get("debug"):
                 raise
-            raise CommandError(unexpected(exc), exit_code) from None
+            raise CommandError(unexpected(exc, ctx.params.get("out")), exit_code) from None
 
     return wrapper
 
 
-def unexpected(exc: BaseException) -> str:
-    """One line for an exception nobody turned into a MimError (out of memory gets advice)."""
+def unexpected(exc: BaseException, path=None) -> str:
+    """One line, without the exception's class name, for an exception nobody turned into a
+    MimError: out of memory gets advice, an OSError ``errors.os_error_line`` (``path``: the folder
+    the command writes, named when the error names no file), anything else its first line of text
+    and where to see the details."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():
         return ("out of memory: lower data.d, data.alpha, data.alpha2 or model.width, or set data.chunk_size "
                 "to bound the activations of a full-batch pass")
-    return f"{type(exc).__name__}: {text} (run 'mim --debug ...' for the traceback)"
+    if isinstance(exc, OSError):
+        return os_error_line(exc, path)
+    return f"mim stopped on an error it does not explain{f' ({text})' if text else ''}; run 'mim --debug ...' for the details"
 
 
 class MimGroup(click.Group):
@@ -114,7 +120,10 @@ def quiet_lightning() -> None:
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/latest].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory: new, empty, or an earlier run's [default: a new runs/<date>-<time>, linked as runs/latest].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the finished or interrupted run in --out (only the files mim wrote there are removed).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted run in this directory (its config.yaml and checkpoints/last.ckpt).")
 @click.option("--accelerator", help="Lightning accelerator (cpu, gpu, auto); overrides trainer.accelerator.")
@@ -122,33 +131,35 @@ def quiet_lightning() -> None:
 @click.option("--strategy", help="Lightning strategy (auto, ddp, ...); overrides trainer.strategy.")
 @click.option("--num-nodes", type=int, help="Number of nodes; overrides trainer.num_nodes.")
 @friendly_errors
-def train(config, overrides, out, resume, accelerator, devices, strategy, num_nodes):
+def train(config, overrides, out, overwrite, resume, accelerator, devices, strategy, num_nodes):
     """One two-stage run. Without CONFIG it runs the built-in quickstart."""
     from mim_lightning.config import load_config
-    from mim_lightning.training.run_folder import RunFolder
+    from mim_lightning.training.run_folder import RunFolder, new_run_folder
 
     flags = {"trainer.accelerator": accelerator, "trainer.devices": devices,
              "trainer.strategy": strategy, "trainer.num_nodes": num_nodes}
     overrides = list(overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     if resume is not None:
-        if config is not None or overrides or (out is not None and Path(out) != Path(resume)):
+        if config is not None or overrides or overwrite or (out is not None and Path(out) != Path(resume)):
             raise MimError("--resume DIR runs exactly the interrupted run in DIR (its config.yaml): "
-                           "give no CONFIG, no --set, no trainer flags and no other --out")
+                           "give no CONFIG, no --set, no trainer flags, no --overwrite and no other --out")
         folder = RunFolder(resume)
         if folder.status().get("status") == "finished" and folder.results() is not None:
             click.echo(f"the run in {quoted(folder.path)} is complete (results.json); nothing to resume")
             return
         cfg = load_config(folder.path / "config.yaml")
     else:
-        folder = RunFolder(out or "runs/latest")
         cfg = load_config(config, overrides)
-    run_in_folder(cfg, folder, resume=resume is not None)
+        folder = RunFolder(out) if out is not None else None
+        if folder is not None:
+            folder.check_new_run(overwrite)
+    run_in_folder(cfg, folder, resume=resume is not None, default=lambda: new_run_folder(Path("runs")))
 
 
-def run_in_folder(cfg, folder, resume: bool) -> None:
+def run_in_folder(cfg, folder, resume: bool, default=None) -> None:
     """Plan, lock the folder, train, and record the outcome in it (rank zero writes). Components
     are looked up and probed before the training stack (Lightning) is imported: bad names answer
-    fast."""
+    fast. ``folder`` None: ``default()`` makes a new one once the run is planned."""
     from mim_lightning.plugins.names import refuse_unknown_keys
 
     refuse_unknown_keys([("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
@@ -167,6 +178,8 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
     quiet_lightning()
     is_zero = rank_zero_only.rank == 0
     plan = plan_run(cfg, warn=is_zero, components=components)  # warnings; with checks.strict, refusal
+    if folder is None:
+        folder = default() if is_zero else RunFolder(Path("runs") / "latest")   # other ranks never write it
     lock = folder.locked() if is_zero else contextlib.nullcontext()
     with lock, StopRequest() as stop:
         if is_zero:
@@ -176,13 +189,13 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
         except Interrupted as exc:
             if is_zero:
                 folder.set_status("interrupted", str(exc))
-            click.echo(f"{exc}. Resume with: mim train --resume {quoted(folder.path)}", err=True)
+            click.echo(f"{exc}. {next_step(folder)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             name = stop.signal_name or "SIGINT"
             if is_zero:
                 folder.set_status("interrupted", f"stopped at once by a second signal ({name})")
-            click.echo(f"stopped at once by a second signal. Resume with: mim train --resume {quoted(folder.path)}", err=True)
+            click.echo(f"stopped at once by a second signal. {next_step(folder)}", err=True)
             sys.exit(143 if name == "SIGTERM" else 130)
         except BaseException as exc:
             if is_zero:
@@ -193,6 +206,15 @@ def run_in_folder(cfg, folder, resume: bool) -> None:
     if is_zero:
         click.echo(run_summary(results))
         click.echo(f"wrote {quoted(folder.path / 'results.json')}; TensorBoard: tensorboard --logdir {quoted(folder.path)}")
+
+
+def next_step(folder) -> str:
+    """What to do after a stop: the resume command when a checkpoint was saved, else run again."""
+    from mim_lightning.training.run_folder import CHECKPOINT_FILE
+
+    if (folder.path / CHECKPOINT_FILE).is_file():
+        return f"Resume with: mim train --resume {quoted(folder.path)}"
+    return f"Nothing was saved before the stop, so there is nothing to resume: start the run again ({shlex.join(['mim', *sys.argv[1:]])})"
 
 
 def quoted(path) -> str:
@@ -207,10 +229,13 @@ def quoted(path) -> str:
 @click.option("--limit/--no-limit", default=None,
               help="Draw the Bayes-optimal limit (d -> inf, r <= 3) on the smallest-cosine plot against data.alpha"
                    " [default: on, unless MIM_SWEEP_LIMIT=0].")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Refuse a grid of more than N runs, counted before any run is built [default: 10000].")
 @friendly_errors
-def sweep(config, overrides, out, limit):
+def sweep(config, overrides, out, limit, max_runs):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
+    from mim_lightning.experiments.grid import MAX_RUNS
     from mim_lightning.experiments.sweep import run_sweep
     from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
 
@@ -218,7 +243,7 @@ def sweep(config, overrides, out, limit):
     again = "finished runs are kept: run the same command again to continue"
     with StopRequest() as stop:
         try:
-            run_sweep(config, overrides, out, stop=stop, limit=limit)
+            run_sweep(config, overrides, out, stop=stop, limit=limit, max_runs=max_runs or MAX_RUNS)
         except (KeyboardInterrupt, Interrupted) as exc:
             name = getattr(exc, "signal_name", None) or stop.signal_name or "SIGINT"
             click.echo(f"\nInterrupted by {name}; {again}.", err=True)
@@ -360,9 +385,10 @@ def check(link, loss, activation, r, as_json):
 @click.option("--r", "r", type=int, help="Dimension of the hidden subspace, at most 32 [default: 2, or the link's min_r].")
 @click.option("--loss", default="squared", show_default=True, cls=ComponentOption, kind="loss",
               help="Loss whose preprocessing T(y) = -loss'(0, y) defines M.")
-@click.option("--alphas", help="Comma-separated sample ratios: also the Bayes-optimal overlap at each (r <= 3).")
-@click.option("--noise", type=float, default=0.01, show_default=True,
-              help="Label noise of the Bayes-optimal computation, relative to std g(z) (0: noiseless).")
+@click.option("--alphas", help="Comma-separated sample ratios: also the Bayes-optimal overlap at each (r <= 3)."
+                               " At most 100 distinct values in [2/2**24, 2**24], the range data.alpha allows.")
+@click.option("--noise", default="0.01", show_default=True,
+              help="Label noise of the Bayes-optimal computation, relative to std g(z): 0 (noiseless) to 1e9.")
 @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON.")
 @friendly_errors(exit_code=2)
 def theory(link, r, loss, alphas, noise, as_json):
@@ -375,12 +401,16 @@ def theory(link, r, loss, alphas, noise, as_json):
     """
     refuse_unknown_options(link=link, loss=loss)
 
-    from mim_lightning.analysis.limit import bayes_optimal, parse_alphas
+    from mim_lightning.analysis.limit import MAX_LIMIT_R, bayes_optimal, parse_alphas, parse_noise
     from mim_lightning.analysis.report import format_limit, format_theory, jsonable
     from mim_lightning.analysis.theory import theory_report
 
     r = usage_checked(link=link, loss=loss, r=r, default_r=default_components()[3])
     ratios = parse_alphas(alphas) if alphas is not None else None  # MimError (exit 2) when malformed
+    noise = parse_noise(noise)
+    if ratios is not None and r > MAX_LIMIT_R:
+        raise BadUsage(f"--r {r} with --alphas: the Bayes-optimal limit is computed for r <= {MAX_LIMIT_R}"
+                       " (tensor quadrature); give a smaller --r or leave out --alphas")
     with components_named_by_options():
         report = jsonable(theory_report(link, r, loss))
         if ratios is not None:

@@ -10,12 +10,12 @@ seed in SCALARS / TIME SERIES and CUSTOM SCALARS, one row per run in HPARAMS.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from mim_lightning.config import all_keys, flatten
 from mim_lightning.experiments.grid import Run, Sweep
 from mim_lightning.experiments.plots import METRICS
+from mim_lightning.training.run_folder import remove_event_files
 from mim_lightning.training.tensorboard import Board, hparam_infos
 
 FOLDER = "tensorboard"
@@ -41,8 +41,8 @@ def run_board(out: Path, run: Run) -> Path:
 
 
 def clear(path: Path) -> None:
-    """Remove a run's TensorBoard files before it is trained (again)."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a run's TensorBoard event files (and nothing else) before it is trained (again)."""
+    remove_event_files(path)
 
 
 def differing(sweep: Sweep) -> dict[str, list]:

@@ -24,7 +24,8 @@ from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
 from mim_lightning.training import run as runner
 from mim_lightning.training.checkpoints import Interrupted, StopRequest
-from mim_lightning.training.run_folder import RunFolder
+from mim_lightning.training.results_schema import results_problem
+from mim_lightning.training.run_folder import RunFolder, folder_kind
 
 def run_failure(exc: BaseException) -> bool:
     """Whether an error is a run's own failure (``RunFailed``: its weights diverged or vanished);
@@ -64,14 +65,26 @@ def folder_of(out: Path, run: Run) -> RunFolder:
     return RunFolder(Path(out) / "runs" / run.key)
 
 
-def cached(folder: RunFolder) -> dict | None:
-    """A done run's results dict ({'failed': message} for a failed one), else None."""
+def cached(folder: RunFolder, cfg: Config) -> dict | None:
+    """A done run's results dict ({'failed': message} for a failed one), else None. Only what was
+    written for this very config counts: a results.json that fails ``results_problem`` (another
+    run's, edited, out of range) or a failure recorded under another config.yaml is ignored with a
+    warning naming the folder, and the run is trained again."""
+    if folder.path.exists() and folder_kind(folder.path) != "run":
+        warn(f"{str(folder.path)!r} is not a mim run folder; training the run again")
+        return None
     results = folder.results()
     if results is not None:
-        return results
+        problem = results_problem(results, cfg)
+        if problem is None:
+            return results
+        warn(f"{str(folder.path)!r}: {problem}; training the run again")
+        return None
     status = folder.status()
     if status.get("status") == "failed" and status.get("final"):
-        return {"failed": status.get("message", "failed")}
+        if folder.config_dump() == cfg.model_dump(mode="json"):
+            return {"failed": status.get("message", "failed")}
+        warn(f"{str(folder.path)!r}: its recorded failure is of another config; training the run again")
     return None
 
 
@@ -194,7 +207,7 @@ def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = N
     for group in seed_groups(sweep.runs):
         missing = []
         for run in group:
-            done = cached(folder_of(out, run))
+            done = cached(folder_of(out, run), run.cfg)
             if done is None:
                 missing.append(run)
             else:

@@ -12,17 +12,17 @@ import os
 from pathlib import Path
 
 import click
-import yaml
 
 from mim_lightning.analysis import limit as limits_
 from mim_lightning.analysis.theory import alpha_c
 from mim_lightning.errors import MimError
 from mim_lightning.experiments import board
 from mim_lightning.experiments.execute import execute, rank_zero, seed_groups
-from mim_lightning.experiments.grid import Sweep, load_sweep, sweep_section
+from mim_lightning.experiments import sweep_folder
+from mim_lightning.experiments.grid import MAX_RUNS, Sweep, load_sweep
+from mim_lightning.experiments.sweep_folder import default_out
 from mim_lightning.experiments.plots import Figures, Shape, plot_sweep
 from mim_lightning.experiments.tables import rows_of, table, write_csv
-from mim_lightning.training.run_folder import write_atomic
 
 
 def thresholds(sweep: Sweep) -> dict | None:
@@ -91,26 +91,20 @@ def shapes_of(sweep: Sweep) -> dict[str, Shape]:
     return {run.key: Shape(run.cfg.data.d, run.cfg.data.r, run.cfg.data.link) for run in sweep.runs}
 
 
-def default_out(path: str | Path) -> Path:
-    return Path("runs") / Path(path).stem
-
-
 def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None,
-              limit: bool | None = None) -> dict:
+              limit: bool | None = None, max_runs: int = MAX_RUNS) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
     ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM; ``limit``: draw
-    the Bayes-optimal limit on the plots against data.alpha (default: ``limit_wanted``).
+    the Bayes-optimal limit on the plots against data.alpha (default: ``limit_wanted``);
+    ``max_runs``: a grid of more runs is refused before any is built (``grid.load_sweep``).
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
-    sweep = load_sweep(path, overrides)
-    out = Path(out) if out is not None else default_out(path)
+    sweep = load_sweep(path, overrides, max_runs)
+    out = Path(out) if out is not None else default_out(path, overrides)
     zero = rank_zero()
     if not zero:
         echo = lambda *args, **kwargs: None  # noqa: E731
-    out.mkdir(parents=True, exist_ok=True)
-    if zero:
-        write_atomic(out / "sweep.yaml", yaml.safe_dump({**sweep.base.model_dump(), "sweep": sweep_section(sweep)},
-                                                        sort_keys=False))
-        board.start(sweep, out)
+    else:
+        sweep_folder.claim(out, sweep)
     echo(f"{len(sweep.runs)} runs ({len(seed_groups(sweep.runs))} group(s) of seeds) in {out / 'runs'}", err=True)
     results, trained = execute(sweep, out, stop=stop)
     rows = rows_of(sweep, results)

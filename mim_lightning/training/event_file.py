@@ -49,8 +49,12 @@ class EventFile:
         if time.monotonic() - self.flushed > FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = False) -> None:
+        """Hand the buffered events to the operating system (a killed process loses none of them);
+        ``sync``: also onto the disk (fsync)."""
         self.handle.flush()
+        if sync:
+            os.fsync(self.handle.fileno())
         self.flushed = time.monotonic()
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,10 +29,10 @@ from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing,
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.validate import RunComponents, resolve_run_components
 from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
-from mim_lightning.training.checkpoints import CHECKPOINT, StopRequest, load_checkpoint
+from mim_lightning.training.checkpoints import CHECKPOINT, CheckpointSpec, StopRequest, load_checkpoint, validate_checkpoint
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.training.loop import Clock, fit_stage, make_fabric
-from mim_lightning.training.memory import check_run_memory, run_memory
+from mim_lightning.training.memory import available_memory, check_run_memory, run_memory
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
@@ -130,21 +131,32 @@ def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabr
     return components, dm, network
 
 
-def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None):
+def polled(chunks: Iterable, poll: Callable[[], None] | None):
+    """``chunks`` with ``poll()`` called before each one (a stop request raises there, so a pass
+    outside the training steps never holds a signal back longer than one chunk)."""
+    for chunk in chunks:
+        if poll is not None:
+            poll()
+        yield chunk
+
+
+def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None, poll=None):
     """Stage 1 on D1 (from a stage-1 checkpoint ``state`` if given), then the spectral baseline on the
     same D1 and preprocessing: (shift (K,), baselines) with baselines["spectral"] = {order: principal
     cosines (K, r)} for T(y) - shift, baselines["spectral_uncentred"] the same for T(y) (when
     centring; centring adds -shift X^T X / n, whose noise can hurt the estimator), and
-    baselines["unbounded_fraction"] (K,) from ``unbounded_fraction`` (a warning when positive)."""
+    baselines["unbounded_fraction"] (K,) from ``unbounded_fraction`` (a warning when positive).
+    ``poll()`` runs before each chunk of the passes outside the steps."""
     fabric = fabric or make_fabric(cfg)
     reduce = _reducer(fabric)
+    d1 = lambda: polled(dm.chunks("d1"), poll)   # noqa: E731
     if state is not None:
         shift = state["shift"].to(fabric.device)
     elif cfg.stage1.center:
-        shift = mean_preprocessing(dm.chunks("d1"), components.stage1_loss, dm.n("d1"), reduce)
+        shift = mean_preprocessing(d1(), components.stage1_loss, dm.n("d1"), reduce)
     else:
         shift = torch.zeros(len(dm.seeds), device=fabric.device)
-    unbounded = unbounded_fraction(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), reduce,
+    unbounded = unbounded_fraction(d1(), components.stage1_loss, shift, dm.n("d1"), reduce,
                                    sides=reachable_sides(cfg, components.activation))
     if fabric.is_global_zero and state is None and float(unbounded.max()) > 0:
         sys.stderr.write(
@@ -160,7 +172,7 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
     steps_seconds = clock.lap()
     centred = bool((shift != 0).any())   # else the uncentred baseline is the same one
     shifts = [shift, torch.zeros_like(shift)] if centred and cfg.baseline.uncentred else [shift]
-    found = spectral_baseline(cfg, components, dm, shifts, reduce)
+    found = spectral_baseline(cfg, components, d1, dm, shifts, reduce)
     baselines = {"spectral": found[0], "unbounded_fraction": unbounded,
                  "spectral_uncentred": found[1] if len(found) > 1 else ({} if centred else found[0])}
     baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
@@ -186,37 +198,41 @@ def spectral_method(cfg: Config) -> str:
     return ("dense" if cfg.data.d <= DENSE_MAX_D else "matrix_free") if method == "auto" else method
 
 
-def spectral_baseline(cfg: Config, components, dm, shifts: list[torch.Tensor], reduce) -> list[dict]:
-    """Principal cosines (K, r) of the spectral estimator on D1 with the stage-1 preprocessing
-    T(y) - shift, per order, for each shift of ``shifts`` ({} each when baseline.spectral = off).
-    The matrix-free solver serves every shift from the same passes over the data."""
+def spectral_baseline(cfg: Config, components, d1: Callable[[], Iterable], dm, shifts: list[torch.Tensor],
+                      reduce) -> list[dict]:
+    """Principal cosines (K, r) of the spectral estimator on D1 (``d1()``: its chunks) with the stage-1
+    preprocessing T(y) - shift, per order, for each shift of ``shifts`` ({} each when
+    baseline.spectral = off). The matrix-free solver serves every shift from the same passes."""
     method, orders = spectral_method(cfg), ("magnitude", "largest", "smallest")
     if method == "off":
         return [{} for _ in shifts]
     if method == "dense":
-        return [spectral_cosines(dm.chunks("d1"), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
+        return [spectral_cosines(d1(), components.stage1_loss, shift, dm.n("d1"), dm.U, reduce, orders)
                 for shift in shifts]
-    return matrix_free_cosines(lambda: dm.chunks("d1"), components.stage1_loss, shifts, dm.n("d1"), dm.U, reduce, orders)
+    return matrix_free_cosines(d1, components.stage1_loss, shifts, dm.n("d1"), dm.U, reduce, orders)
 
 
-def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None):
-    """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given) and the test pass:
-    (the stage-2 module, test relative MSE (K,))."""
+def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None, poll=None):
+    """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given, its last objective included) and
+    the test pass: (the stage-2 module, test relative MSE (K,)). ``poll()`` runs before each chunk of
+    the passes outside the steps."""
     fabric = fabric or make_fabric(cfg)
     solver = solver_for(cfg, replicas=len(seeds))
     stage2 = Stage2Module(network, components.stage2_loss, cfg, dm.n("d2"), fabric.world_size, _reducer(fabric),
                           solver, seeds)
+    if state is not None and state.get("last_loss") is not None:
+        stage2.last_loss = state["last_loss"].to(fabric.device)
     if not cfg.stage1.joint:  # the joint ablation trained both layers in stage 1: test it as it is
         if state is None:
             stage2.prepare_network()
         if solver == "gd":
-            stage2.scale_step_size(dm.chunks("d2"))
+            stage2.scale_step_size(polled(dm.chunks("d2"), poll))
         fit_stage(fabric, stage2, lambda: dm.chunks("d2"), "stage2", 1 if state is None else state["step"] + 1,
                   1 if solver == "ridge" else cfg.stage2.steps, None if solver == "ridge" else stage2.configure_optimizers(),
                   None if state is None else state["optimizer"])
     metric = RelativeMSE(replicas=len(seeds)).to(fabric.device)
     with torch.no_grad(), fabric.autocast():
-        for x, y in dm.chunks("test"):
+        for x, y in polled(dm.chunks("test"), poll):
             metric.update(network(x), y)
     return stage2, metric.compute().reshape(-1)  # torchmetrics squeezes K = 1
 
@@ -227,13 +243,22 @@ def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: 
     return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop, plan)[0]
 
 
-def _resume_state(cfg: Config, out: Path, seeds: list[int]) -> dict:
-    """The checkpoint of the interrupted run in ``out``, refused when it is not of this config."""
-    state = load_checkpoint(out / CHECKPOINT)
-    if state.get("config_hash") != config_hash(cfg.model_dump()) or list(state.get("seeds", [])) != seeds:
-        raise MimError(f"cannot resume {str(out)!r}: its checkpoint was written for another configuration than "
-                       f"{str(out / 'config.yaml')!r} now holds; a resume runs exactly the interrupted run: restore "
-                       f"config.yaml or start a new run with --out")
+def _resume_state(cfg: Config, out: Path, seeds: list[int], plan: RunPlan, last: dict[str, int]) -> dict:
+    """The checkpoint of the interrupted run in ``out``, refused unread when it would unpack to more
+    than this run's checkpoint can hold or free memory allows, and refused field by field
+    (``validate_checkpoint``) when this run (config, seeds, ``last`` steps, network and optimisers
+    built on the meta device: shapes only, nothing allocated) could not have written it."""
+    with torch.device("meta"):
+        network = TwoLayerNetwork(seeds, cfg.model.width, cfg.data.d, plan.components.activation, cfg.model.init_scale,
+                                  signs=cfg.model.signs)
+        stage1 = Stage1Module(network, None, cfg, 1, 1, None, None).configure_optimizers()
+        stage2 = Stage2Module(network, None, cfg, 1, 1, None, plan.solver, seeds).configure_optimizers()
+    spec = CheckpointSpec(config_hash(cfg.model_dump()), seeds, cfg.data.r, last,
+                          cfg.stage1.steps // cfg.metrics.every_n_steps + 2, network.state_dict(),
+                          {"stage1": stage1, "stage2": None if plan.solver == "ridge" else stage2})
+    free = available_memory(torch.device("cpu"))
+    state = load_checkpoint(out / CHECKPOINT, spec.max_bytes() if free is None else min(spec.max_bytes(), free))
+    validate_checkpoint(state, spec, out / CHECKPOINT)
     return state
 
 
@@ -251,7 +276,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     plan = plan or plan_run(cfg, check=False)
     solver = solver_for(cfg, replicas=len(seeds))
     stop = stop or StopRequest()
-    state = _resume_state(cfg, out, seeds) if resume else None
+    last = {"stage1": cfg.stage1.steps, "stage2": 1 if solver == "ridge" else cfg.stage2.steps}
+    state = _resume_state(cfg, out, seeds, plan, last) if resume else None
     if tensorboard_dirs is not None and len(tensorboard_dirs) != len(seeds):
         raise ValueError(f"tensorboard_dirs: one folder per seed ({len(seeds)}), got {len(tensorboard_dirs)}")
     dirs = [out / "tensorboard"] if tensorboard_dirs is None else [Path(p) for p in tensorboard_dirs]
@@ -265,14 +291,16 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
 
     def snapshot(stage: str, step: int, module) -> dict:
         history.flush()
+        for board in boards:   # the curves up to this checkpoint survive a kill: a resume has no gap
+            board.flush()
         optimizer = getattr(module, "stage_optimizer", None)
         return {"stage": stage, "step": step, "config_hash": key, "seeds": seeds,
                 "network": {k: v.detach().cpu() for k, v in module.network.state_dict().items()},
                 "optimizer": None if optimizer is None else optimizer.state_dict(),
                 "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
+                "last_loss": None if module.last_loss is None else module.last_loss.detach().cpu(),
                 "history": history.rows, "stage1": outputs}
 
-    last = {"stage1": cfg.stage1.steps, "stage2": 1 if solver == "ridge" else cfg.stage2.steps}
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
     fabric = make_fabric(cfg, [], [history, DivergenceGuard(cfg), saver])
     fabric.launch()
@@ -295,7 +323,8 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
     if state is not None:
         network.load_state_dict(state["network"])
     if state is None or state["stage"] == "stage1":
-        shift, baselines = run_stage1(cfg, components, dm, network, fabric, state)
+        shift, baselines = run_stage1(cfg, components, dm, network, fabric, state,
+                                      poll=lambda: stop.check("the spectral baseline and data passes of stage 1"))
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
         timings.update(baselines["seconds"])
@@ -308,7 +337,8 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
             log_references(board, cfg, baselines["spectral"], k)
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
-                                      state if state is not None and state["stage"] == "stage2" else None)
+                                      state if state is not None and state["stage"] == "stage2" else None,
+                                      poll=lambda: stop.check("the test pass"))
     stop.check("the test pass")
     timings["stage2"] = time.perf_counter() - start
 

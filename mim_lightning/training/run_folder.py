@@ -3,18 +3,26 @@
 A run folder holds ``config.yaml`` (the resolved config), ``status.json`` (running, finished,
 failed, interrupted), ``results.json`` (only once finished), ``checkpoints/`` and
 ``tensorboard/``. Every file is written atomically (temporary file in the same folder, fsync,
-rename), so a reader never sees half a file, and an exclusive lock (``.lock``, flock) keeps two
-processes from writing one folder at once.
+rename), so a reader never sees half a file, and with the permissions the umask allows, as other
+tools' files; an exclusive lock (``.lock``, flock) keeps two processes from writing one folder at
+once.
+
+mim writes only into folders it owns: a new or empty folder, or a run folder (``config.yaml`` and
+``status.json``). A sweep folder (``sweep.yaml``) is never taken for a run folder, and a folder
+holding anything else is refused untouched. Starting afresh removes only the files mim writes
+(``results.json``, ``checkpoints/last.ckpt``, TensorBoard event files), never a user's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
-import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +31,42 @@ import yaml
 from mim_lightning.errors import MimError
 
 CONFIG, STATUS, RESULTS, LOCK = "config.yaml", "status.json", "results.json", ".lock"
-OUTPUTS = ("tensorboard", "checkpoints")
+SWEEP_FILE = "sweep.yaml"  # marks a sweep folder
+CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
+EVENT_FILES = "events.out.tfevents.*"  # TensorBoard event files (training.event_file names them so)
+
+
+def file_mode() -> int:
+    """The permissions a new file gets under the process's umask (0o666 & ~umask), as ``open`` gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def folder_kind(path: Path) -> str:
+    """'new' (missing, or empty but for a stale lock), 'run' (config.yaml and status.json), 'sweep'
+    (sweep.yaml) or 'other' (a non-empty folder mim did not make, or not a folder)."""
+    path = Path(path)
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
+        return "other"
+    if (path / SWEEP_FILE).is_file():
+        return "sweep"
+    if (path / CONFIG).is_file() and (path / STATUS).is_file():
+        return "run"
+    return "new" if {p.name for p in path.iterdir()} <= {LOCK} else "other"
+
+
+def remove_event_files(folder: Path) -> None:
+    """Delete the TensorBoard event files in ``folder`` (nothing else), then the folder if empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.glob(EVENT_FILES):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -33,6 +76,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())   # mkstemp makes 0600; a colleague may need to read results
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
@@ -46,6 +90,32 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 def config_hash(config: dict) -> str:
     """sha256 of the canonical JSON of a resolved config (its identity for resume and caching)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def new_run_folder(parent: Path) -> "RunFolder":
+    """A run folder of its own under ``parent``, named by the local date and time
+    (``20261207-193015``, ``-2`` and so on when taken), created at once so that no other run
+    takes it; ``parent/latest`` (a symbolic link, left alone when it is anything else) points at it."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MimError(f"cannot create the folder {str(parent)!r} for the run ({exc.strerror}); give --out") from None
+    stem = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in itertools.count(1):
+        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    latest = parent / "latest"
+    if latest.is_symlink() or not latest.exists():
+        link = parent / f".latest.{os.getpid()}.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(path.name)
+        os.replace(link, latest)
+    return RunFolder(path)
 
 
 class RunFolder:
@@ -83,16 +153,41 @@ class RunFolder:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
+    def check_new_run(self, overwrite: bool = False) -> None:
+        """Refuse, touching nothing, to start a run in a folder mim does not own (not empty, not a
+        run folder), in a sweep folder, or over a run whose results or checkpoint would be lost
+        (finished, or interrupted with a checkpoint) unless ``overwrite``."""
+        where, kind = f"--out {str(self.path)!r}", folder_kind(self.path)
+        if kind == "sweep":
+            raise MimError(f"{where} is a mim sweep folder ({SWEEP_FILE}), not a run folder; give the run its own --out")
+        if kind == "other":
+            what = "is not a folder" if not self.path.is_dir() else "is not empty and is not a mim run folder (no config.yaml and status.json)"
+            raise MimError(f"{where} {what}; mim writes only into new, empty or mim run folders: choose another --out")
+        if kind == "run" and not overwrite:
+            if self._file(RESULTS).exists() or self.status().get("status") == "finished":
+                raise MimError(f"{where} holds a finished run (results.json); choose a new --out, or pass --overwrite to replace it")
+            if self._file(CHECKPOINT_FILE).exists():
+                raise MimError(f"{where} holds an unfinished run with a checkpoint: continue it with "
+                               f"mim train --resume {str(self.path)!r}, or pass --overwrite to start again")
+
     def start(self, config: dict, fresh: bool) -> None:
-        """Status 'running' with the resolved config; a fresh run first removes what an earlier
-        run left (results, TensorBoard files, checkpoints)."""
+        """Status 'running' with the resolved config; a fresh run first removes the files an
+        earlier run wrote here (results.json, its checkpoint, TensorBoard event files) and only
+        those."""
         self.prepare()
         if fresh:
-            self._file(RESULTS).unlink(missing_ok=True)
-            for folder in OUTPUTS:
-                shutil.rmtree(self._file(folder), ignore_errors=True)
+            self.clear_outputs()
             write_atomic(self._file(CONFIG), yaml.safe_dump(config, sort_keys=False))
         self.set_status("running")
+
+    def clear_outputs(self) -> None:
+        """Delete what a run writes besides config.yaml and status.json: results.json,
+        checkpoints/last.ckpt and the event files in tensorboard/ (empty folders go too)."""
+        self._file(RESULTS).unlink(missing_ok=True)
+        self._file(CHECKPOINT_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._file(CHECKPOINT_FILE).parent.rmdir()
+        remove_event_files(self._file("tensorboard"))
 
     def set_status(self, status: str, message: str = "", **extra) -> None:
         """status.json: running (with the process id), finished, failed or interrupted, with a
@@ -137,6 +232,13 @@ class RunFolder:
         try:
             return json.loads(self._file(RESULTS).read_text())
         except (OSError, ValueError):
+            return None
+
+    def config_dump(self) -> dict | None:
+        """The stored config.yaml as a mapping, None when it is missing or unreadable."""
+        try:
+            return yaml.safe_load(self._file(CONFIG).read_text())
+        except (OSError, yaml.YAMLError):
             return None
 
     def config_tree(self) -> dict:

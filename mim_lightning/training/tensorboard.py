@@ -226,6 +226,11 @@ class Board:
         info = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
         self._hparams(hparams_metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 
+    def flush(self) -> None:
+        """Everything written so far onto the disk (``EventFile.flush`` with fsync)."""
+        if self.writer is not None:
+            self.writer.flush(sync=True)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
