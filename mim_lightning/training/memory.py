@@ -10,6 +10,8 @@ largest part and the key that shrinks it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from mim_lightning.core.matrix_free import DEFAULT_BLOCK, MAX_BLOCKS
@@ -21,18 +23,78 @@ ACTIVATION_COPIES = 6   # pre-activation, activation, their gradients, f and the
 KRYLOV_COLUMNS = (MAX_BLOCKS + 1) * DEFAULT_BLOCK  # the matrix-free solver's basis (restarted) and its next block
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on the device (GPU: the CUDA allocator's view; CPU: MemAvailable), None if unknown."""
+def memory_limits(device: torch.device) -> dict[str, int]:
+    """Free bytes on the device under each limit that can be read, by what sets it: on a GPU the
+    CUDA allocator's free memory; on the CPU the host's MemAvailable and this process's memory
+    cgroups (``cgroup_free``)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return {"the GPU's free memory": torch.cuda.mem_get_info(device)[0]}
+    limits = {}
+    host = host_available()
+    if host is not None:
+        limits["the host's available memory (MemAvailable)"] = host
+    container = cgroup_free()
+    if container is not None:
+        limits["the container's memory limit (cgroup)"] = container
+    return limits
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device: the least of ``memory_limits``, None if none is known."""
+    limits = memory_limits(device)
+    return min(limits.values()) if limits else None
+
+
+def host_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The host's MemAvailable in bytes, None if unknown."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def cgroup_free(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes this process's memory cgroups still let it use: the least of limit - usage over its
+    cgroup and each parent up to the mount ``root`` (cgroup v2: memory.max - memory.current under
+    ``root``; v1: memory.limit_in_bytes - memory.usage_in_bytes under ``root``/memory), where
+    ``membership`` (/proc/self/cgroup) names the cgroups. None when no limit is set or none can
+    be read."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    free = []
+    for line in lines:
+        fields = line.split(":", 2)   # hierarchy id : controllers (empty on v2) : path
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            base, limit_file, usage_file = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_file, usage_file = root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = base / path.strip("/")
+        while True:   # parents limit too: the tightest counts
+            limit, usage = _read_bytes(folder / limit_file), _read_bytes(folder / usage_file)
+            if limit is not None and usage is not None:
+                free.append(max(limit - usage, 0))
+            if folder == base:
+                break
+            folder = folder.parent
+    return min(free) if free else None
+
+
+def _read_bytes(path: Path) -> int | None:
+    """The integer in a cgroup file, None when it is absent, unreadable or 'max' (no limit)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def run_memory(cfg, replicas: int, stored_bytes: int, chunk_rows: int, streamed: bool, spectral: str) -> dict:
@@ -64,11 +126,15 @@ def snapshot_bytes(cfg, weight_bytes: int) -> int:
 
 
 def check_run_memory(parts: dict, device: torch.device) -> None:
-    """Refuse, with one line, a run whose parts add up to more than the device's free memory."""
-    free = available_memory(device)
+    """Refuse, with one line naming the tightest limit, a run whose parts add up to more than the
+    device's free memory (``memory_limits``)."""
+    limits = memory_limits(device)
     total = sum(size for size, _ in parts.values())
-    if free is None or total <= free:
+    if not limits:
+        return
+    limit, free = min(limits.items(), key=lambda item: item[1])
+    if total <= free:
         return
     name, (size, advice) = max(parts.items(), key=lambda item: item[1][0])
-    raise MimError(f"the run needs about {total / 2**30:.1f} GiB on {device.type} but {free / 2**30:.1f} GiB are free; "
-                   f"the largest part is {name} ({size / 2**30:.1f} GiB): {advice}")
+    raise MimError(f"the run needs about {total / 2**30:.1f} GiB on {device.type} but {free / 2**30:.1f} GiB are free "
+                   f"under {limit}; the largest part is {name} ({size / 2**30:.1f} GiB): {advice}")
