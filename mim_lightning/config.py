@@ -24,16 +24,29 @@ FLAGS = {"trainer.accelerator": "--accelerator", "trainer.devices": "--devices",
 
 
 def _not_bool(value: Any) -> Any:
-    """Booleans are not numbers here (YAML reads yes/no/on/off/true/false as booleans, and
-    pydantic would take them as 1 and 0)."""
+    """Booleans are not numbers here (pydantic would take true and false as 1 and 0)."""
     if isinstance(value, bool):
-        raise ValueError(f"must be a number, not the boolean {str(value).lower()}"
-                         " (YAML reads yes/no/on/off/true/false as booleans)")
+        raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+    return value
+
+
+def _only_bool(value: Any) -> Any:
+    """Only true and false are booleans (pydantic would also take 1, 0, 'yes', 'on', 'off', ...)."""
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean: write true or false")
+    return value
+
+
+def _auto_or_bool(value: Any) -> Any:
+    """'auto', true or false, nothing that pydantic would read as one of them (1, 0, 'yes')."""
+    if not isinstance(value, bool) and value != "auto":
+        raise ValueError("must be auto or a boolean: write auto, true or false")
     return value
 
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]  # ints are accepted; inf and nan are not (allow_inf_nan)
+Bool = Annotated[bool, BeforeValidator(_only_bool)]
 
 BIG = 2**24  # sizes (d, width, sample counts) are at most 16,777,216
 STEPS = 10**7  # step counts are at most 10,000,000
@@ -52,9 +65,9 @@ class DataConfig(Section):
     alpha: Float = Field(32.0, gt=0, le=BIG, description="stage-1 samples n1 = alpha * d")
     alpha2: Float = Field(32.0, gt=0, le=BIG, description="stage-2 samples n2 = alpha2 * d")
     n_test: Int = Field(4096, ge=2, le=BIG, description="test samples")
-    split_samples: bool = Field(True, description="fresh samples for stage 2; false reuses D1 as D2 (ablation: no sample splitting)")
+    split_samples: Bool = Field(True, description="fresh samples for stage 2; false reuses D1 as D2 (ablation: no sample splitting)")
     chunk_size: Int = Field(0, ge=0, le=2**31, description="samples per chunk of a full-batch pass (0: all at once when stored; when streamed, whole blocks of 1024 samples keeping a chunk's x near 32 MiB on the CPU, 256 MiB on a GPU); results do not depend on it")
-    stream: Literal["auto", True, False] = Field("auto", description="regenerate the data from its seeds in every pass instead of storing it: true, false, or auto (stream when the stored data would take more than half of the free memory)")
+    stream: Annotated[Literal["auto", True, False], BeforeValidator(_auto_or_bool)] = Field("auto", description="regenerate the data from its seeds in every pass instead of storing it: true, false, or auto (stream when the stored data would take more than half of the free memory)")
 
 
 class ModelConfig(Section):
@@ -69,8 +82,8 @@ class Stage1Config(Section):
     steps: Int = Field(10, gt=0, le=STEPS, description="T1, full-batch gradient steps on the first layer")
     lr: Float = Field(1.0, gt=0, le=LARGE, description="eta1, the step size")
     weight_decay: Float = Field(1.0, ge=0, le=LARGE, description="beta1; eta1 * beta1 = 1 ranks directions by |eigenvalue|")
-    center: bool = Field(True, description="centre T(y) on D1 (adds mean(T) * t to the loss) to remove the isotropic part")
-    joint: bool = Field(False, description="ablation: train both layers (W, a, b) jointly by plain GD here and skip stage 2")
+    center: Bool = Field(True, description="centre T(y) on D1 (adds mean(T) * t to the loss) to remove the isotropic part")
+    joint: Bool = Field(False, description="ablation: train both layers (W, a, b) jointly by plain GD here and skip stage 2")
 
 
 class Stage2Config(Section):
@@ -81,7 +94,7 @@ class Stage2Config(Section):
     lr: Float = Field(1.0, gt=0, le=LARGE, description="step size of gd and lbfgs")
     bias_init: Literal["normal", "uniform", "zero"] = Field("normal", description="re-initialisation of the biases b: N(0, s^2), U[-s, s] or 0")
     bias_scale: Float = Field(1.0, ge=0, le=LARGE, description="s, the scale of the bias re-initialisation")
-    rescale: bool = Field(True, description="rescale each first-layer row w_j to unit norm before the fit")
+    rescale: Bool = Field(True, description="rescale each first-layer row w_j to unit norm before the fit")
 
 
 class MetricsConfig(Section):
@@ -92,7 +105,7 @@ class MetricsConfig(Section):
 
 
 class ChecksConfig(Section):
-    strict: bool = Field(False, description="refuse to train when a component violates one of the paper's assumptions (otherwise: warn)")
+    strict: Bool = Field(False, description="refuse to train when a component violates one of the paper's assumptions (otherwise: warn)")
 
 
 class CheckpointConfig(Section):
@@ -144,13 +157,7 @@ class TrainerConfig(Section):
 class BaselineConfig(Section):
     spectral: Literal["auto", "dense", "matrix_free", "off"] = Field("auto", description="spectral baseline: dense (form Sigmahat, d x d, and diagonalise it), matrix_free (block Krylov with thick restarts on v -> Sigmahat v in streaming passes, memory O(d r): at most 17 blocks of d x 32 per replica), off, or auto (dense up to d = 4096)")
 
-    uncentred: bool = Field(True, description="with stage1.center, also compute the baseline without centring (T(y) instead of T(y) - mean T): a second eigendecomposition when dense; matrix-free, solved together with the centred one from the same passes over the data")
-
-    @field_validator("spectral", mode="before")
-    @classmethod
-    def _off(cls, value):
-        """YAML reads a bare ``off`` as the boolean false."""
-        return "off" if value is False else value
+    uncentred: Bool = Field(True, description="with stage1.center, also compute the baseline without centring (T(y) instead of T(y) - mean T): a second eigendecomposition when dense; matrix-free, solved together with the centred one from the same passes over the data")
 
 
 class Config(Section):
@@ -240,19 +247,34 @@ def build_config(tree: dict) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """The resolved config: the YAML file (default: none, i.e. the quickstart defaults) with --set
-    overrides applied. The defaults are the quickstart experiment (configs/quickstart.yaml)."""
+    overrides applied in order (see ``apply_overrides``). The defaults are the quickstart
+    experiment (configs/quickstart.yaml)."""
     tree = read_yaml(path) if path is not None else {}
-    for text in overrides:
-        set_dotted(tree, *parse_override(text))
+    apply_overrides(tree, overrides)
     return build_config(tree)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'data': {'d': 1}} -> {'data.d': 1}."""
+    """{'data': {'d': 1}} -> {'data.d': 1}. A key written both flat and nested (``data.d: 1`` and
+    ``data: {d: 2}``) is a MimError, not one value silently dropped."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
+        items = flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        for dotted, one in items.items():
+            if dotted in flat:
+                raise MimError(f"key {short(dotted)} is given twice, flat and nested; give each key once")
+            flat[dotted] = one
     return flat
+
+
+def apply_overrides(tree: dict, overrides) -> dict:
+    """Apply ``--set KEY=VALUE`` overrides to ``tree`` in place and return what they set as
+    {dotted key: value}. Unlike a key given twice in a file (refused), a key given twice on the
+    command line is not an error: overrides apply left to right, the later value wins in any
+    spelling (``data.d=1`` then ``data={d: 2}`` gives 2), so a command can extend another."""
+    given = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        given.update(flatten({key: value}))
+        set_dotted(tree, key, value)
+    return given

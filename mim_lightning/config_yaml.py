@@ -1,9 +1,10 @@
 """Reading config text safely: YAML files and ``--set KEY=VALUE`` overrides into a nested mapping,
-with bounds on what is accepted (size, nesting, no aliases, no duplicate keys) and on what is
-echoed back in error messages."""
+with bounds on what is accepted (size, nesting, no aliases, no duplicate or merge keys, no YAML 1.1
+surprises such as 1:30 read as 90) and on what is echoed back in error messages."""
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ MAX_YAML_BYTES = 1 << 20  # a config file is at most 1 MiB
 MAX_OVERRIDE_CHARS = 10_000  # a --set KEY=VALUE is at most this long
 MAX_YAML_DEPTH = 20  # mappings and lists nested at most this deep
 MAX_ECHO = 80  # values echoed in error messages are cut to this many characters
+BOOL, INT, FLOAT = (f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float"))
+OCTAL = re.compile(r"[-+]?0[0-7_]+")  # YAML 1.1 reads 010 as 8
 
 
 def short(value: Any) -> str:
@@ -41,7 +44,10 @@ def cut(text: str) -> str:
 class _BoundedLoader(yaml.SafeLoader):
     """A SafeLoader for config text: no aliases (an alias bomb expands to 10^9 nodes), at most
     ``MAX_YAML_DEPTH`` levels of nesting (deeper text would exhaust Python's recursion), no
-    duplicate keys (YAML would silently keep the last one). Violations raise MimError."""
+    duplicate keys and no merge keys (YAML would silently keep one value), no base-60 (1:30 = 90)
+    or leading-zero octal (010 = 8) numbers. Violations raise MimError. Only true and false are
+    booleans, as in YAML 1.2: yes, no, on and off are words (``baseline.spectral: off`` is the
+    word off; a boolean key refuses them)."""
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -62,12 +68,23 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_scalar_node(self, anchor):
+        node = super().compose_scalar_node(anchor)
+        base60 = node.tag in (INT, FLOAT) and ":" in node.value
+        if base60 or node.tag == INT and OCTAL.fullmatch(node.value):
+            value = self.yaml_constructors[node.tag](self, node)
+            kind, other = ("base-60", "quote it if it is text") if base60 else ("octal", "drop the leading zeros")
+            raise MimError(f"{cut(node.value)} at line {node.start_mark.line + 1} is a YAML 1.1 {kind} number"
+                           f" ({short(value)}); write {short(value)}, or {other}")
+        return node
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
+                    raise MimError(f"YAML merge key << at line {key_node.start_mark.line + 1}: merges are not"
+                                   " supported in configs; write the keys out")
                 key = self.construct_object(key_node, deep=True)
                 try:
                     hash(key)
@@ -81,9 +98,15 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_BoundedLoader.yaml_implicit_resolvers = {  # no YAML 1.1 booleans: true and false are added back below
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_BoundedLoader.add_implicit_resolver(BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def parse_yaml(text: str):
     """The value of YAML text, read by ``_BoundedLoader`` (MimError for aliases, deep nesting,
-    duplicate keys; yaml.YAMLError for malformed text)."""
+    duplicate or merge keys, base-60 and octal numbers; yaml.YAMLError for malformed text)."""
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()

@@ -199,11 +199,11 @@ CATALOGUE = [  # (config text or None, arguments after 'mim', substring of the o
     ("data:\n  d: 32\n  d: 64\n", ["train", FILE], "duplicate key 'd' at line 3 (first at line 2)", 1),
     ("seed: 1\n" + "#" * (1 << 20), ["train", FILE], "a config file is at most 1 MiB", 1),
     ("data.d: 16\n", ["train", FILE], "unknown config key 'data.d': YAML nests keys, write 'data: {d: ...}'", 1),
-    ("data: {r: yes}\n", ["train", FILE], "config key 'data.r': must be a number, not the boolean true", 1),
-    (None, ["train", "--set", "data.r=yes"], "config key 'data.r': must be a number, not the boolean true", 1),
+    ("data: {r: true}\n", ["train", FILE], "config key 'data.r': must be a number, not the boolean true", 1),
+    (None, ["train", "--set", "data.r=TRUE"], "config key 'data.r': must be a number, not the boolean true", 1),
     (None, ["train", "--set", "seed=true"], "config key 'seed': must be a number, not the boolean true", 1),
     (None, ["train", "--devices", "yes"], "config key 'trainer.devices' (--devices): must be a positive integer,"
-                                          " -1 (all devices) or 'auto' (got True)", 1),
+                                          " -1 (all devices) or 'auto' (got 'yes')", 1),
     (None, ["train", "--devices", "abc"], "config key 'trainer.devices' (--devices): must be a positive integer,"
                                           " -1 (all devices) or 'auto' (got 'abc')", 1),
     (None, ["train", "--set", "data.d=1000000000000000000000000000000"],

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mim_lightning.config import Config, all_keys, build_config, flatten
-from mim_lightning.config_yaml import parse_override, read_yaml, set_dotted
+from mim_lightning.config import Config, all_keys, apply_overrides, build_config, flatten
+from mim_lightning.config_yaml import read_yaml, set_dotted
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.registry import closest
 from mim_lightning.training.run import validate
@@ -85,24 +85,35 @@ def _show(value) -> str:
 
 def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, list], dict[str, dict]]:
     """(base config tree, {dotted key: values}, {variant name: overrides}) of a sweep file with
-    ``--set`` overrides applied to the base. The ``sweep:`` mapping may be written flat
-    (``data.alpha: [1, 2]``) or nested; its optional ``variant`` entry is a list of named bundles of
-    overrides (``- {name: joint, stage1.joint: true}``), swept like one key called ``variant``."""
+    ``--set`` overrides applied. The ``sweep:`` mapping may be written flat (``data.alpha: [1, 2]``)
+    or nested; its optional ``variant`` entry is a list of named bundles of overrides
+    (``- {name: joint, stage1.joint: true}``), swept like one key called ``variant``.
+    ``--set sweep.KEY=[...]`` replaces (or adds) one key's list however the file spells it; any
+    other ``--set`` changes the base config. A key given twice is refused: written flat and nested,
+    swept and also set by a variant, or swept and also given with ``--set`` (the runs would not use
+    that value)."""
     tree = read_yaml(path)
-    for text in overrides:
-        set_dotted(tree, *parse_override(text))
-    if "sweep" not in tree:
+    grid = tree.pop("sweep", None)
+    given = apply_overrides(tree, overrides)
+    tree.pop("sweep", None)  # what --set gave the sweep is in ``given``, applied below key by key
+    changed = {k.removeprefix("sweep."): v for k, v in given.items() if k.startswith("sweep.")}
+    if grid is None and not changed:
         raise MimError(f"sweep file {str(path)!r} has no 'sweep:' mapping of keys to lists of values"
                        " (for a single run use mim train)")
-    grid = tree.pop("sweep")
-    if not isinstance(grid, dict) or not grid:
+    if not isinstance(grid, dict | None) or "sweep" in given or not grid and not changed:
         raise MimError(f"sweep file {str(path)!r}: 'sweep' must be a non-empty mapping of config keys to lists"
-                       f" of values, e.g. sweep: {{data.alpha: [1, 2, 4]}} (got {grid!r})")
+                       f" of values, e.g. sweep: {{data.alpha: [1, 2, 4]}} (got {given.get('sweep', grid)!r})")
+    grid = dict(grid or {})
     valid = all_keys()
     sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
-    variants = read_variants(grid.pop("variant", None), valid)
+    written_variants = grid.pop("variant", None)
+    variants = read_variants(changed.pop("variant", written_variants), valid)
     axes = {"variant": list(variants)} if variants else {}
-    for key, values in flatten(grid).items():
+    try:
+        flat = flatten(grid)
+    except MimError as exc:
+        raise MimError(f"sweep file {str(path)!r}: sweep: {exc}") from None
+    for key, values in {**flat, **changed}.items():
         key = str(key)
         if key not in valid:
             if key in sections:
@@ -116,6 +127,14 @@ def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, lis
             if any(_same(value, other) for other in values[:i]):
                 raise MimError(f"sweep key {key!r} lists the value {_show(value)} twice")
         axes[key] = values
+    for name, bundle in variants.items():
+        for key in bundle:
+            if key in axes:
+                raise MimError(f"sweep key {key!r} is swept and also set by variant {name!r}; set it in one place")
+    for key in given:
+        if key in axes:
+            raise MimError(f"--set {key}: the sweep gives {key} a list of values, so every run would ignore this"
+                           f" one; change the list with --set 'sweep.{key}=[...]'")
     return tree, axes, variants
 
 

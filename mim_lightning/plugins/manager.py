@@ -23,6 +23,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 from importlib import metadata
 
 import pluggy
@@ -37,6 +38,7 @@ DEFAULT_PLUGINS = (
     "mim_lightning.plugins.builtins.activations",
 )
 HOOKS = {"link": "register_links", "loss": "register_losses", "activation": "register_activations"}
+SLOW_PLUGIN_S = 10.0  # a third-party plugin still importing (or in a hook) after this long is named on stderr
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
@@ -72,17 +74,31 @@ def _refuse_exit(*args, **kwargs):
     raise PluginExit(f"tried to exit the process (exit code {code!r})")
 
 
+def slow_warning(info: PluginInfo, doing: str, others) -> str:
+    """The warning for a plugin still ``doing`` something after SLOW_PLUGIN_S seconds, with how to
+    skip it: MIM_LIGHTNING_PLUGINS set to the ``others`` (the other plugins to load)."""
+    return (f"{info.describe()} is still {doing} after {SLOW_PLUGIN_S:g} s; if it hangs, stop with Ctrl-C"
+            f" and skip it with {ENV_VAR}='{','.join(others)}'")
+
+
 @contextlib.contextmanager
-def plugin_code():
+def plugin_code(slow: str | None = None):
     """Run third-party plugin code (its import, its hooks) so that it cannot end the process or
     garble our output: what it prints goes to stderr (stdout may be JSON), and os._exit,
-    sys.exit, exit() and quit() raise PluginExit, recorded as that plugin's error. Restored after."""
+    sys.exit, exit() and quit() raise PluginExit, recorded as that plugin's error. Restored after.
+    A plugin that blocks cannot be stopped from inside the process, but it is named: ``slow`` is
+    printed as a warning on stderr if the code still runs after ``SLOW_PLUGIN_S`` seconds."""
+    watchdog = threading.Timer(SLOW_PLUGIN_S, lambda: print(f"Warning: {slow}", file=sys.stderr, flush=True))
+    watchdog.daemon = True
+    if slow:
+        watchdog.start()
     saved = os._exit, sys.exit, builtins.exit, builtins.quit
     os._exit = sys.exit = builtins.exit = builtins.quit = _refuse_exit
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
+        watchdog.cancel()
         os._exit, sys.exit, builtins.exit, builtins.quit = saved
 
 
@@ -115,8 +131,10 @@ def load_entrypoints(manager: pluggy.PluginManager, selection: str | None, entry
         info = PluginInfo(ep.name, dist_name, dist.version if dist is not None else None,
                           entry_point=f"{ep.name} = {ep.value}")
         infos.append(info)
+        others = [e.name for e in entry_points if e.name != ep.name] if wanted is None else [
+            w for w in wanted if w not in hits]
         try:
-            with plugin_code():
+            with plugin_code(slow_warning(info, "importing", others)):
                 plugin = ep.load()
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure of a third-party plugin
             info.errors.append(f"import failed: {one_line(exc)}")
@@ -190,8 +208,10 @@ def build_registry(manager: pluggy.PluginManager | None = None, infos=()) -> Reg
                         registry.plugins[_plugin].errors.append(str(exc).removeprefix(f"{registry.describe(_plugin)}: "))
                         registry.rejected.setdefault((_kind, str(component)), []).append(str(exc))
 
+                others = [i.name for i in infos if i.name != name]
+                slow = slow_warning(info, f"in {hook_name}", others) if name in known else None  # entry points
                 try:
-                    with plugin_code():
+                    with plugin_code(slow):
                         impl.function(**({"register": register} if "register" in impl.argnames else {}))
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's hook must not break the others
                     info.errors.append(f"{hook_name} raised {one_line(exc)}")

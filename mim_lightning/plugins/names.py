@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 
 from mim_lightning.errors import MimError
-from mim_lightning.plugins.registry import unknown_component
+from mim_lightning.plugins.registry import is_name, unknown_component
 
 GROUP = "mim_lightning"                 # the entry-point group of third-party plugins
 ENV_VAR = "MIM_LIGHTNING_PLUGINS"       # which of them load (unset: all; empty: none)
@@ -38,8 +38,9 @@ def registry_needed() -> bool:
 
 def refuse_unknown(kind: str, name) -> None:
     """Raise the registry's unknown-name error now when ``name`` is no built-in and no plugin can
-    provide it; otherwise leave the verdict to the registry."""
-    if name in BUILTIN_NAMES[kind] or registry_needed():
+    provide it (none can when it is not a valid name, e.g. has blanks); otherwise leave the
+    verdict to the registry."""
+    if name in BUILTIN_NAMES[kind] or is_name(name) and registry_needed():
         return
     raise unknown_component(kind, name, BUILTIN_NAMES[kind])
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mim_lightning.config_yaml import short
 from mim_lightning.errors import MimError
 
 KINDS = ("link", "loss", "activation")
 PLURAL = {"link": "links", "loss": "losses", "activation": "activations"}
 ARITY = {"link": 1, "loss": 2, "activation": 1}
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # a component name: no blanks, at most 64 characters
+NAME_RULE = "a letter or _, then letters, digits, _ . or -, at most 64 characters, no blanks"
+
+
+def is_name(name) -> bool:
+    """Whether ``name`` can name a component (``NAME``: what the built-ins and plugins use)."""
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -74,8 +83,11 @@ def closest(name: str, choices) -> str:
 
 
 def unknown_component(kind: str, name, names, hint: str = "") -> MimError:
-    """The one-line error for a name that is not among ``names``: a close match and the list."""
-    return MimError(f"unknown {kind} {name!r}{closest(str(name), names)}; available: {', '.join(sorted(names))}{hint}")
+    """The one-line error for a name that is not among ``names``: why it cannot be a name (blanks,
+    length, characters) when so, a close match and the list."""
+    rule = "" if is_name(name) else f" (a {kind} name is {NAME_RULE})"
+    return MimError(f"unknown {kind} {short(name)}{rule}{closest(str(name), names)};"
+                    f" available: {', '.join(sorted(names))}{hint}")
 
 
 def _accepts(fn: Callable, n_args: int) -> bool:
@@ -121,8 +133,8 @@ class Registry:
 
     def add(self, kind: str, name: str, fn: Callable, plugin: str, **metadata) -> Component:
         who = self.describe(plugin)
-        if not isinstance(name, str) or not name:
-            raise RegistrationError(f"{who}: {kind} name must be a non-empty string, got {name!r}")
+        if not is_name(name):
+            raise RegistrationError(f"{who}: {kind} name {short(name)} is not a name: use {NAME_RULE}")
         if not callable(fn):
             raise RegistrationError(f"{who}: {kind} {name!r} is not callable (got {type(fn).__name__})")
         if not _accepts(fn, ARITY[kind]):
