@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,19 @@ def without_seed(cfg: Config) -> str:
     return canonical(cfg.model_copy(update={"seed": 0}))
 
 
-def load_sweep(path: str | Path, overrides=()) -> Sweep:
-    """Read and validate a sweep file: the base config, every swept value on its own, then every run
-    of the grid (one-line MimErrors naming the key and value, before anything is trained)."""
+MAX_RUNS = 10_000  # a sweep of more runs is refused unless --max-runs allows it
+
+
+def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Sweep:
+    """Read and validate a sweep file: its number of runs (the product of its lists' lengths, at
+    most ``max_runs``), the base config, every swept value on its own, then every run of the grid
+    (one-line MimErrors naming the key and value, before anything is trained)."""
     tree, axes, variants = read_sweep_tree(path, overrides)
+    count = math.prod(len(values) for values in axes.values())
+    if count > max_runs:
+        sizes = " x ".join(f"{len(values)} ({key})" for key, values in axes.items())
+        raise MimError(f"sweep file {str(path)!r} has {count:,} runs ({sizes}), more than the maximum of {max_runs:,};"
+                       " shorten its lists, or pass --max-runs N to allow more")
     base = build_config(tree)
 
     def apply(one: dict, key: str, value) -> None:
