@@ -17,7 +17,7 @@ from mim_lightning.experiments.grid import MAX_RUNS, load_sweep
 
 MIM = shutil.which("mim") or os.path.join(os.path.dirname(sys.executable), "mim")
 ENV = {**os.environ, "MIM_LIGHTNING_PLUGINS": "", "MIM_SWEEP_LIMIT": "0"}
-TIME_LIMIT = 20  # seconds; most of it is importing torch (a refusal itself takes milliseconds)
+TIME_LIMIT = 30  # seconds; most of it is importing torch and Lightning (13 s on a busy 2-core machine), the refusal takes milliseconds
 # 10 * 10 * 10 * 10 * 10 * 10 = 10^6 runs: each would be built and validated before the refusal
 HUGE_SWEEP = ("data: {d: 32, alpha: 8, alpha2: 8, n_test: 512}\nmodel: {width: 32}\nstage1: {steps: 3}\nsweep:\n"
               "  seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
