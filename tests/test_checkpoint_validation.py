@@ -26,7 +26,7 @@ MIM = shutil.which("mim") or os.path.join(os.path.dirname(sys.executable), "mim"
 SMALL = ["data.d=16", "data.alpha=8", "data.alpha2=8", "data.n_test=256", "model.width=16",
          "stage2.solver=gd", "stage2.loss=huber", "stage2.steps=3"]
 FINISHED = [*SMALL, "stage1.steps=3"]                                            # its last.ckpt: stage 2, step 3
-INTERRUPTED = [*SMALL, "stage1.steps=100000", "checkpoint.every_n_steps=5"]    # stopped mid-stage-1
+INTERRUPTED = [*SMALL, "stage1.steps=2000", "checkpoint.every_n_steps=5"]      # stopped mid-stage-1
 
 
 def sets(items):
@@ -127,6 +127,7 @@ STAGE2_FORGERIES = {   # each field wrong in turn, on the checkpoint of stage 2,
                          "'optimizer.state[0]'"),
     "shift": (lambda s: set_item(s, "shift", torch.zeros(2, 2)), "'shift'"),
     "last loss": (lambda s: set_item(s, "last_loss", torch.zeros(5)), "'last_loss'"),
+    "subspace basis": (lambda s: set_item(s, "subspace_basis", torch.zeros(1, 16, 99)), "'subspace_basis'"),
     "history row keys": (lambda s: s["history"][0].pop("loss"), "'history[0]'"),
     "history range": (lambda s: set_item(s["history"][1]["principal_cosines"], 0, [5.0, 0.5]),
                       "'history[1].principal_cosines'"),
@@ -154,13 +155,13 @@ def test_every_field_has_a_forgery():
     assert checkpoints.FIELDS | checkpoints.OPTIONAL_FIELDS <= named
 
 
-STAGE1_FORGERIES = {   # on the checkpoint of stage 1 (last step 100000)
+STAGE1_FORGERIES = {   # on the checkpoint of stage 1 (last step 2000)
     "stage1 outputs before stage 1 ended": (lambda s: set_item(s, "stage1", {"history": []}), "'stage1'"),
     "shift length": (lambda s: set_item(s, "shift", torch.zeros(0)), "'shift'"),
     "optimizer missing": (lambda s: set_item(s, "optimizer", None), "'optimizer'"),
     "history past the step": (lambda s: set_item(s["history"][-1], "step", s["step"] + 1), ".step' is"),
     "stage2 without stage-1 outputs": (lambda s: set_item(s, "stage", "stage2"), "field '"),
-    "step past the last": (lambda s: set_item(s, "step", 100001), "'step' is 100001"),
+    "step past the last": (lambda s: set_item(s, "step", 2001), "'step' is 2001"),
 }
 
 
