@@ -186,16 +186,16 @@ def run_in_folder(cfg, folder, resume: bool, default=None) -> None:
             folder.start(cfg.model_dump(), fresh=not resume)
         try:
             results = train_replicas(cfg, folder.path, [cfg.seed], plan.assumptions, resume, stop, plan)[0]
-        except Interrupted as exc:
+        except Interrupted as exc:   # rank zero speaks for every rank (training.ranks)
             if is_zero:
                 folder.set_status("interrupted", str(exc))
-            click.echo(f"{exc}. {next_step(folder)}", err=True)
+                click.echo(f"{exc}. {next_step(folder)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             name = stop.signal_name or "SIGINT"
             if is_zero:
                 folder.set_status("interrupted", f"stopped at once by a second signal ({name})")
-            click.echo(f"stopped at once by a second signal. {next_step(folder)}", err=True)
+                click.echo(f"stopped at once by a second signal. {next_step(folder)}", err=True)
             sys.exit(143 if name == "SIGTERM" else 130)
         except BaseException as exc:
             if is_zero:

@@ -304,12 +304,17 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
     fabric = make_fabric(cfg, [], [history, DivergenceGuard(cfg), saver])
     fabric.launch()
+    from mim_lightning.training.ranks import watch
+    ranks = watch(fabric, stop)   # a rank that stops or dies ends every rank, with one line naming it
     for k, board in enumerate(boards):
         board.enabled = fabric.is_global_zero
         if state is None:
             log_start(board, cfg.model_copy(update={"seed": seeds[k]}), trials[k], assumptions, tensorboard_dirs is None)
     try:
         return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric)
+    except BaseException as exc:
+        ranks.explain(exc)
+        raise
     finally:  # a failed run's TensorBoard files keep what it logged
         for board in boards:
             board.close()
