@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from mim_lightning.config import load_config
-from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory
+from mim_lightning.training.callbacks import DivergenceGuard
+from mim_lightning.training.history import MetricHistory
 from mim_lightning.training.loop import fit_stage, make_fabric
 from mim_lightning.training.run import build, eigenvectors
 from mim_lightning.training.tensorboard import Board

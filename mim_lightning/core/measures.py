@@ -9,20 +9,10 @@ from __future__ import annotations
 import torch
 
 
-FLOAT32_NORM_RANGE = (1e-10, 1e18)  # float32 norms in here lose nothing to underflowed or overflowed squares
-
-
 def frobenius(W: torch.Tensor) -> torch.Tensor:
-    """|W|_F per replica, (K,), in float64. Squares of float32 entries underflow below ~1e-19 (stage
-    1 starts from tiny weights) and overflow above ~1e19, so the norm is accumulated in float64;
-    on the CPU, where casting to float64 makes the pass ~25x slower, the float32 norm is kept
-    whenever every replica's lies in FLOAT32_NORM_RANGE (then what underflowed is below 1e-8 of
-    it). A check there costs no synchronisation."""
-    if W.dtype == torch.float32 and W.device.type == "cpu":
-        norm = torch.linalg.vector_norm(W, dim=(1, 2))
-        low, high = FLOAT32_NORM_RANGE
-        if bool(((norm >= low) & (norm <= high)).all()):
-            return norm.double()
+    """|W|_F per replica, (K,), accumulated in float64: squares of float32 entries underflow below
+    ~1e-19 (stage 1 starts from tiny weights) and overflow above ~1e19. NaN or inf when W is not
+    finite. No host synchronisation, the same kernels on every device."""
     return torch.linalg.vector_norm(W, dim=(1, 2), dtype=torch.float64)
 
 
@@ -58,52 +48,30 @@ def top_right_singular(W: torch.Tensor, r: int) -> torch.Tensor:
     return (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)).to(W.dtype)
 
 
-def orthonormalise(Z: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis (K, d, b) of the columns of Z (K, d, b) from the small Gram matrix:
-    Z^T Z = V diag(lam) V^T, Q = Z V diag(lam)^{-1/2}, in float64 (columns of Z that are
-    dependent to 1e-7 of the largest still come out orthonormal). A b x b eigh is far cheaper than
-    a Householder QR of the tall d x b matrix for the small b used here."""
-    Zd = Z.double()
-    lam, V = torch.linalg.eigh(torch.bmm(Zd.transpose(1, 2), Zd))
-    scale = lam.clamp_min(lam[..., -1:].clamp_min(1e-300) * 1e-14).rsqrt()
-    return torch.bmm(Zd, V * scale.unsqueeze(-2)).to(Z.dtype)
-
-
-def refine_subspace(W: torch.Tensor, basis: torch.Tensor, iters: int, r: int | None = None,
-                    tol: float | None = None, norm: torch.Tensor | None = None) -> torch.Tensor:
-    """Subspace iteration with Rayleigh-Ritz on W^T W from ``basis`` (K, d, b):
-    Q <- orth(W^T W Q), then Q <- Q S with S the eigenvectors (descending) of (W Q)^T (W Q).
-
-    The Rayleigh-Ritz rotation puts the best r-dimensional subspace of span(Q) first, so the leading
-    r columns converge to W's top-r right singular subspace with the error shrinking by
-    (s_{b+1} / s_r)^2 per iteration (b = r + oversampling), not only (s_{r+1} / s_r)^2 as plain
-    orthogonal iteration's leading columns would. Each iteration costs 4 m d b flops (W Q of the
-    rotated basis is the previous product rotated, not a third pass over W) and two b x b
-    eigensolvers (``orthonormalise``), far below the O(min(m, d)^3) of an eigensolver of W, with
-    no host synchronisation on a GPU. The basis is carried from one recorded step to the next,
-    where W has changed little. With ``tol`` (used on the CPU, where a check costs no
-    synchronisation) the iteration stops once the leading r columns move by less than tol
-    (squared sines), after at most ``iters`` iterations.
-    """
-    norm = frobenius(W) if norm is None else norm
-    scale = (1 / norm.clamp_min(1e-300)).clamp_max(torch.finfo(W.dtype).max).to(W.dtype).view(-1, 1, 1)
-    Q = basis
-    WQ = torch.bmm(W, Q) * scale                                              # W Q / |W|
+def subspace_iteration(W: torch.Tensor, Q: torch.Tensor, iters: int) -> torch.Tensor:
+    """``iters`` block power iterations on W^T W from the orthonormal block Q (K, d, b):
+    Q <- qr(W^T (W Q)). The span converges to W's top-b right singular subspace, and its best
+    r-dimensional subspace (found by ``ritz_overlap``) to the top-r one, with the error shrinking by
+    (s_{b+1} / s_r)^2 per iteration. Householder QR: no eigensolver, and orthonormal whatever the
+    conditioning of the block. Each iteration costs 4 m d b flops; W should be scaled to |W|_F = 1
+    (a tiny W's products would underflow)."""
     for _ in range(iters):
-        rows = torch.bmm(WQ.transpose(1, 2), W) * scale                       # (W^T W Q)^T / |W|^2
-        previous = Q
-        Q = orthonormalise(rows.transpose(1, 2))
-        WQ = torch.bmm(W, Q).double() * scale.double()
-        _, vectors = torch.linalg.eigh(torch.bmm(WQ.transpose(1, 2), WQ))
-        rotation = vectors.flip(-1)
-        Q = torch.bmm(Q, rotation.to(Q.dtype))
-        WQ = torch.bmm(WQ, rotation).to(W.dtype)                              # W Q / |W| of the rotated Q
-        if tol is not None:
-            lead, old = Q[..., :r], previous[..., :r]
-            moved = (lead - torch.bmm(old, torch.bmm(old.transpose(1, 2), lead))).square().sum((1, 2))
-            if float(moved.max()) < tol:
-                break
+        Q = torch.linalg.qr(torch.bmm(W.transpose(1, 2), torch.bmm(W, Q))).Q
     return Q
+
+
+def ritz_overlap(H: torch.Tensor, P: torch.Tensor, r: int, rowspace: bool = False) -> torch.Tensor:
+    """The overlap (..., r, r) of W's best r-dimensional right singular subspace within a block
+    with the hidden subspace U, from small matrices only (batched over any leading dimensions):
+    H = (W Q)^T (W Q) and P = Q^T U^T for an orthonormal block Q (..., d, b) (Rayleigh-Ritz: the top
+    eigenvectors S of H give the Ritz vectors Q S); with ``rowspace``, H = W W^T and P = W U^T, whose
+    top eigenvectors s_i give the exact right singular vectors W^T s_i / sqrt(lambda_i)."""
+    values, vectors = torch.linalg.eigh(H)
+    top = vectors[..., -r:].flip(-1).transpose(-1, -2)                     # (..., r, b), descending
+    overlap = top @ P
+    if rowspace:
+        overlap = overlap / values[..., -r:].flip(-1).clamp_min(1e-300).sqrt().unsqueeze(-1)
+    return overlap
 
 
 def cosines_from_overlap(overlap: torch.Tensor) -> torch.Tensor:

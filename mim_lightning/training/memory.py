@@ -2,7 +2,7 @@
 
 Per rank, in bytes: the stored data (none when streamed), the network (W, its gradient and the
 optimiser's copy), one chunk of a full-batch pass (its x when streamed and the activations autograd
-keeps, about 6 floats per sample and neuron), the stage-1 metrics' copies of W (at most 32 MiB),
+keeps, about 6 floats per sample and neuron), the stage-1 metrics' copies of W (at most 64 MiB),
 the spectral baseline (the d x d matrix and eigh's workspace when dense; the Krylov basis when
 matrix-free) and the stage-2 normal equations. A run that would not fit is refused with the
 largest part and the key that shrinks it.
@@ -16,7 +16,7 @@ import torch
 
 from mim_lightning.core.matrix_free import DEFAULT_BLOCK, MAX_BLOCKS
 from mim_lightning.errors import MimError
-from mim_lightning.training.callbacks import snapshot_slots
+from mim_lightning.training.history import snapshot_slots
 
 FLOAT, DOUBLE = 4, 8
 ACTIVATION_COPIES = 6   # pre-activation, activation, their gradients, f and the loss per sample and neuron

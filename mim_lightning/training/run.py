@@ -28,7 +28,8 @@ from mim_lightning.core.network import TwoLayerNetwork
 from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines, unbounded_fraction
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.validate import RunComponents, resolve_run_components
-from mim_lightning.training.callbacks import DivergenceGuard, MetricHistory, StepCheckpoint
+from mim_lightning.training.callbacks import DivergenceGuard, StepCheckpoint
+from mim_lightning.training.history import MetricHistory
 from mim_lightning.training.checkpoints import CHECKPOINT, CheckpointSpec, StopRequest, load_checkpoint, validate_checkpoint
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.training.loop import Clock, fit_stage, make_fabric
@@ -286,7 +287,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     history = MetricHistory(cfg, [board.scalars for board in boards], eigenvectors(cfg))
     outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
     if state is not None and state["stage"] == "stage1":
-        history.restore(state["history"])
+        history.restore(state["history"], state.get("subspace_basis"))
     key = config_hash(cfg.model_dump())
 
     def snapshot(stage: str, step: int, module) -> dict:
@@ -299,7 +300,9 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                 "optimizer": None if optimizer is None else optimizer.state_dict(),
                 "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
                 "last_loss": None if module.last_loss is None else module.last_loss.detach().cpu(),
-                "history": history.rows, "stage1": outputs}
+                "history": history.rows, "stage1": outputs,
+                "subspace_basis": None if history.tracker is None or history.tracker.mode != "tracked"
+                else history.tracker.basis.detach().cpu()}
 
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
     fabric = make_fabric(cfg, [], [history, DivergenceGuard(cfg), saver])
