@@ -154,15 +154,16 @@ def validate_checkpoint(state: dict, spec: CheckpointSpec, path: Path) -> None:
         _check_fields(state, spec)
     except _Invalid as exc:
         field, problem, advice = exc.args
-        raise MimError(f"cannot resume: the checkpoint {str(path)!r} was not loaded: field {field!r} {problem}; "
+        raise MimError(f"cannot resume: the checkpoint {str(path)!r} is not used: field {field!r} {problem}; "
                        f"{advice}") from None
 
 
 NEW_RUN = "this run did not write it: start the run again with a new --out"
-ANOTHER_CONFIG = ("a resume runs exactly the interrupted run: restore config.yaml or start a new run with --out")
+ANOTHER_CONFIG = "a resume runs exactly the interrupted run: restore config.yaml or start a new run with --out"
 
 
 def _require(ok: bool, field: str, problem: str, advice: str = NEW_RUN) -> None:
+    """Raise _Invalid(field, problem, advice) unless ``ok``."""
     if not ok:
         raise _Invalid(field, problem, advice)
 
