@@ -120,11 +120,11 @@ def quiet_lightning() -> None:
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="Output directory: new, empty, or an earlier run's [default: a new runs/<date>-<time>, linked as runs/latest].")
 @click.option("--overwrite", is_flag=True,
               help="Replace the finished or interrupted run in --out (only the files mim wrote there are removed).")
-@click.option("--resume", type=click.Path(file_okay=False), default=None,
+@click.option("--resume", type=click.Path(), default=None,
               help="Continue the interrupted run in this directory (its config.yaml and checkpoints/last.ckpt).")
 @click.option("--accelerator", help="Lightning accelerator (cpu, gpu, auto); overrides trainer.accelerator.")
 @click.option("--devices", help="Devices per node (a count, -1 for all); overrides trainer.devices.")
@@ -225,7 +225,7 @@ def quoted(path) -> str:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the base config (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [default: runs/<CONFIG name>].")
+@click.option("--out", type=click.Path(), default=None, help="Output directory [default: runs/<CONFIG name>].")
 @click.option("--limit/--no-limit", default=None,
               help="Draw the Bayes-optimal limit (d -> inf, r <= 3) on the smallest-cosine plot against data.alpha"
                    " [default: on, unless MIM_SWEEP_LIMIT=0].")

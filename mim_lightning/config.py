@@ -66,7 +66,7 @@ class DataConfig(Section):
     alpha2: Float = Field(32.0, gt=0, le=BIG, description="stage-2 samples n2 = alpha2 * d")
     n_test: Int = Field(4096, ge=2, le=BIG, description="test samples")
     split_samples: Bool = Field(True, description="fresh samples for stage 2; false reuses D1 as D2 (ablation: no sample splitting)")
-    chunk_size: Int = Field(0, ge=0, le=2**31, description="samples per chunk of a full-batch pass (0: all at once when stored; when streamed, whole blocks of 1024 samples keeping a chunk's x near 32 MiB on the CPU, 256 MiB on a GPU); results do not depend on it")
+    chunk_size: Int = Field(0, ge=0, le=2**31, description="samples per chunk of a full-batch pass (0: all at once when stored; when streamed, whole blocks of 1024 samples keeping a chunk's x near 32 MiB on the CPU and 1/32 of a GPU's memory (256 MiB to 8 GiB) on a GPU); results do not depend on it")
     stream: Annotated[Literal["auto", True, False], BeforeValidator(_auto_or_bool)] = Field("auto", description="regenerate the data from its seeds in every pass instead of storing it: true, false, or auto (stream when the stored data would take more than half of the free memory)")
 
 

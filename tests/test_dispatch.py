@@ -8,26 +8,10 @@ import collections
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import tiny_config
+from mim_lightning.training.dispatch import CountOps, per_step
 from mim_lightning.training.run import train
-
-EIGENSOLVERS = {"_linalg_eigh", "linalg_eigh", "_linalg_svd", "linalg_svd", "svd", "linalg_eigvalsh", "linalg_eig",
-                "_linalg_eigvals"}
-
-
-class CountOps(TorchDispatchMode):
-    """Counts every aten op dispatched while active, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
 
 def counted_run(tmp_path, steps: int, *overrides) -> collections.Counter:
     cfg = tiny_config(f"stage1.steps={steps}", *overrides)
@@ -46,13 +30,10 @@ def test_a_stage1_step_dispatches_a_handful_of_ops_and_never_waits(tmp_path, siz
     overrides = [*SIZES[size], "data.alpha2=1", "data.n_test=64", "baseline.spectral=off", "checkpoint.every_n_steps=1000"]
     counted_run(tmp_path, 10, *overrides)                      # warm-up: caches filled once per process
     short, long = counted_run(tmp_path, 10, *overrides), counted_run(tmp_path, 20, *overrides)
-    per_step = {name: (long[name] - short[name]) / 10 for name in long}
-    ops = sum(per_step.values())
-    reads = per_step.get("_local_scalar_dense", 0.0)
-    eigen = sum(per_step.get(name, 0.0) for name in EIGENSOLVERS)
-    assert ops <= 60, (ops, sorted(per_step.items(), key=lambda kv: -kv[1])[:12])
-    assert reads <= 0.2, reads
-    assert eigen <= 0.5, eigen
+    counts = per_step(short, long, 10)
+    assert counts["ops"] <= 60, counts
+    assert counts["host_reads"] <= 0.2, counts
+    assert counts["eigensolver_calls"] <= 0.5, counts
 
 
 def test_the_tracked_subspace_follows_the_exact_one_along_a_run(tmp_path):

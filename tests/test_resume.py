@@ -159,7 +159,8 @@ def wait_for_status(out, process, timeout=120):
 
 
 def test_sigterm_before_the_first_step_is_an_honest_exit(tmp_path):
-    """A stop while the data are generated (here a large D1) exits 143 with status interrupted."""
+    """A stop while the data are generated (here a large D1) exits 143 with status interrupted, and
+    says to start again: nothing was saved, so there is nothing to resume."""
     process = subprocess.Popen([MIM, "train", "--out", str(tmp_path), "--set", "data.d=2048", "--set", "data.alpha=64",
                                 "--set", "model.width=16", "--set", "baseline.spectral=off"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -168,7 +169,7 @@ def test_sigterm_before_the_first_step_is_an_honest_exit(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
-    assert "Resume with" in stderr and "Traceback" not in stderr
+    assert "start the run again" in stderr and "Resume with" not in stderr and "Traceback" not in stderr
 
 
 def test_sigterm_during_a_sweep_exits_143_and_marks_the_run(tmp_path):

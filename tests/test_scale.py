@@ -79,3 +79,15 @@ def test_the_memory_check_counts_the_dense_baseline():
     assert parts["the dense spectral baseline"][0] == 3 * 8 * 65536**2
     assert "baseline.spectral=matrix_free" in parts["the dense spectral baseline"][1]
     assert "the dense spectral baseline" not in run_memory(cfg, 1, 0, 1024, True, "matrix_free")
+
+
+def test_streamed_chunks_on_a_gpu_are_sized_by_its_total_memory(monkeypatch):
+    """A few large chunks per pass on a big GPU, bounded both ways; the CPU keeps 32 MiB chunks."""
+    import types
+
+    from mim_lightning.training import data
+
+    for total, want in ((141 * 2**30, 141 * 2**30 // 32), (4 * 2**30, 256 * 2**20), (2**40, 8 * 2**30)):
+        monkeypatch.setattr(data.torch.cuda, "get_device_properties", lambda device, t=total: types.SimpleNamespace(total_memory=t))
+        assert data.stream_chunk_bytes(torch.device("cuda")) == want
+    assert data.stream_chunk_bytes(torch.device("cpu")) == 32 * 2**20

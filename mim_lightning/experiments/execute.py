@@ -19,7 +19,7 @@ import click
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mim_lightning.config import Config
-from mim_lightning.errors import MimError, RunFailed
+from mim_lightning.errors import MimError, RunFailed, os_error_line
 from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
 from mim_lightning.training import run as runner
@@ -113,8 +113,9 @@ def claimed(folders: list[RunFolder], configs: list[Config]):
                 folder.set_status("interrupted", f"the sweep was interrupted ({exc or 'Ctrl-C'})")
             raise
         except BaseException as exc:
+            message = os_error_line(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
             for folder in folders:
-                folder.set_status("failed", str(exc) or type(exc).__name__)
+                folder.set_status("failed", message)
             raise
 
 

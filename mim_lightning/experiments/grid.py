@@ -124,9 +124,11 @@ def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, lis
             raise MimError(f"sweep key {key!r} must map to a list of values, e.g. {key}: [{_show(values)}] (got {_show(values)})")
         if not values:
             raise MimError(f"sweep key {key!r} has an empty list of values")
-        for i, value in enumerate(values):
-            if any(_same(value, other) for other in values[:i]):
+        seen = set()
+        for value in values:
+            if _identity(value) in seen:
                 raise MimError(f"sweep key {key!r} lists the value {_show(value)} twice")
+            seen.add(_identity(value))
         axes[key] = values
     for name, bundle in variants.items():
         for key in bundle:
@@ -164,8 +166,12 @@ def _first_in(section: str, keys) -> str:
     return next(k for k in keys if k.startswith(section + ".")).removeprefix(section + ".")
 
 
-def _same(a, b) -> bool:
-    return type(a) is type(b) and a == b or (_number(a) and _number(b) and a == b)
+def _identity(value) -> tuple:
+    """What makes two swept values the same (numbers by value, 1 and 1.0 alike; anything else by
+    type and content), hashable, so that a long list is checked in linear time."""
+    if _number(value):
+        return ("number", float(value))
+    return (type(value).__name__, json.dumps(value, sort_keys=True, default=str))
 
 
 def _number(value) -> bool:

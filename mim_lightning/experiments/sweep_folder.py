@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from mim_lightning.config import flatten
-from mim_lightning.errors import MimError
+from mim_lightning.errors import MimError, os_error_line
 from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Sweep, sweep_section
 from mim_lightning.training.run_folder import SWEEP_FILE, folder_kind, write_atomic
@@ -71,7 +71,7 @@ def claim(out: Path, sweep: Sweep) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MimError(f"{where}: cannot create the folder ({exc.strerror})") from None
+        raise MimError(f"--out: cannot create the folder: {os_error_line(exc, out)}") from None
     base = sweep.base.model_dump()
     with folder_lock(out):
         recorded_file = out / SWEEP_FILE

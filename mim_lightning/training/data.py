@@ -15,10 +15,22 @@ import torch
 from mim_lightning.core.streams import BLOCK, check_labels, local_blocks, make_blocks, make_split, max_local_rows, random_subspace
 from mim_lightning.training.memory import available_memory
 
-#: a streamed chunk's x when data.chunk_size is 0 (at least one block), by device type: small on the
-#: CPU (a pass holds about two chunks, the one in use and the next; the matmuls run as fast), large
-#: on a GPU (fewer launches per pass)
-STREAM_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
+#: a streamed chunk's x when data.chunk_size is 0 (at least one block): small on the CPU (a pass
+#: holds about two chunks, the one in use and the next; the matmuls run as fast); on a GPU
+#: GPU_CHUNK_SHARE of its total memory within GPU_CHUNK_BYTES (a few large chunks per pass, few
+#: launches). The total, not the free memory, so that a run's chunks, and so its last digits, are
+#: the same every time on the same device.
+CPU_CHUNK_BYTES = 32 * 2**20
+GPU_CHUNK_SHARE = 1 / 32
+GPU_CHUNK_BYTES = (256 * 2**20, 8 * 2**30)
+
+
+def stream_chunk_bytes(device: torch.device) -> int:
+    """The bytes of x in a streamed chunk by default on ``device``."""
+    if device.type != "cuda":
+        return CPU_CHUNK_BYTES
+    low, high = GPU_CHUNK_BYTES
+    return int(min(max(torch.cuda.get_device_properties(device).total_memory * GPU_CHUNK_SHARE, low), high))
 
 
 class MultiIndexDataModule(L.LightningDataModule):
@@ -106,8 +118,8 @@ class MultiIndexDataModule(L.LightningDataModule):
 
     def blocks_per_chunk(self) -> int:
         """Blocks per streamed chunk: ``chunk_size`` rounded down to whole blocks, or by default as
-        many as keep a chunk's x (K rows x d floats) within STREAM_CHUNK_BYTES; at least one."""
-        budget = STREAM_CHUNK_BYTES.get(self.device.type, STREAM_CHUNK_BYTES["cuda"])
+        many as keep a chunk's x (K rows x d floats) within ``stream_chunk_bytes``; at least one."""
+        budget = stream_chunk_bytes(self.device)
         rows = self.chunk_size or budget // (4 * len(self.seeds) * self.d)
         return max(1, rows // BLOCK)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from mim_lightning.errors import MimError
+from mim_lightning.errors import MimError, os_error_line
 
 CONFIG, STATUS, RESULTS, LOCK = "config.yaml", "status.json", "results.json", ".lock"
 SWEEP_FILE = "sweep.yaml"  # marks a sweep folder
@@ -100,7 +100,7 @@ def new_run_folder(parent: Path) -> "RunFolder":
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MimError(f"cannot create the folder {str(parent)!r} for the run ({exc.strerror}); give --out") from None
+        raise MimError(f"cannot create the folder for the run: {os_error_line(exc, parent)}") from None
     stem = time.strftime("%Y%m%d-%H%M%S")
     for attempt in itertools.count(1):
         path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
@@ -135,7 +135,7 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise MimError(f"--out {str(self.path)!r}: cannot create the folder ({exc.strerror})") from None
+            raise MimError(f"--out: cannot create the folder: {os_error_line(exc, self.path)}") from None
 
     @contextmanager
     def locked(self):
@@ -146,7 +146,7 @@ class RunFolder:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise MimError(f"run folder {str(self.path)!r} is in use by another mim process; wait for it or choose another --out") from None
+            raise self.busy() from None
         try:
             yield self
         finally:
@@ -163,6 +163,8 @@ class RunFolder:
         if kind == "other":
             what = "is not a folder" if not self.path.is_dir() else "is not empty and is not a mim run folder (no config.yaml and status.json)"
             raise MimError(f"{where} {what}; mim writes only into new, empty or mim run folders: choose another --out")
+        if kind == "run" and self.in_use():
+            raise self.busy()
         if kind == "run" and not overwrite:
             if self._file(RESULTS).exists() or self.status().get("status") == "finished":
                 raise MimError(f"{where} holds a finished run (results.json); choose a new --out, or pass --overwrite to replace it")
@@ -175,10 +177,10 @@ class RunFolder:
         earlier run wrote here (results.json, its checkpoint, TensorBoard event files) and only
         those."""
         self.prepare()
+        self.set_status("running")   # first: a folder whose clearing fails never reads as finished
         if fresh:
             self.clear_outputs()
             write_atomic(self._file(CONFIG), yaml.safe_dump(config, sort_keys=False))
-        self.set_status("running")
 
     def clear_outputs(self) -> None:
         """Delete what a run writes besides config.yaml and status.json: results.json,
@@ -213,6 +215,10 @@ class RunFolder:
                       "message": f"the process (pid {status.get('pid', '?')}) ended without recording an outcome "
                                  f"(killed, e.g. out of memory); resume it or start it again"}
         return status
+
+    def busy(self) -> MimError:
+        """The refusal when another process holds the folder's lock."""
+        return MimError(f"run folder {str(self.path)!r} is in use by another mim process; wait for it or choose another --out")
 
     def in_use(self) -> bool:
         """Whether another process holds the folder's lock."""
