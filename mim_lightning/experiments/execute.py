@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import click
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mim_lightning.config import Config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
 import torch
 

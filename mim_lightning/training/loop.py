@@ -13,6 +13,7 @@ import os
 import time
 from typing import Callable, Iterable
 
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 from torchmetrics import Metric
 
 

@@ -24,6 +24,7 @@ import threading
 import time
 
 import torch
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
 from mim_lightning.errors import MimError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
 import torch
 
