@@ -117,7 +117,21 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
-@main.command()
+class SetCommand(click.Command):
+    """A command with ``--set KEY=VALUE`` options: ``--set KEY VALUE`` (the '=' forgotten) is refused
+    in one line that says so, before click takes VALUE for the CONFIG argument or an extra one."""
+
+    def parse_args(self, ctx, args):
+        for option, key, value in zip(args, args[1:], args[2:]):
+            if option == "--" or key == "--":
+                break
+            if option == "--set" and "=" not in key and not value.startswith("-"):
+                raise CommandError(f"--set {shlex.join([key, value])}: the '=' is missing, so {value!r} would be read as"
+                                   f" another argument; write --set {shlex.quote(f'{key}={value}')}")
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=SetCommand)
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--out", type=click.Path(), default=None,
@@ -151,15 +165,14 @@ def train(config, overrides, out, overwrite, resume, accelerator, devices, strat
     else:
         cfg = load_config(config, overrides)
         folder = RunFolder(out) if out is not None else None
-        if folder is not None:
-            folder.check_new_run(overwrite)
-    run_in_folder(cfg, folder, resume=resume is not None, default=lambda: new_run_folder(Path("runs")))
+    run_in_folder(cfg, folder, resume=resume is not None, default=lambda: new_run_folder(Path("runs")), overwrite=overwrite)
 
 
-def run_in_folder(cfg, folder, resume: bool, default=None) -> None:
+def run_in_folder(cfg, folder, resume: bool, default=None, overwrite: bool = False) -> None:
     """Plan, lock the folder, train, and record the outcome in it (rank zero writes). Components
     are looked up and probed before the training stack (Lightning) is imported: bad names answer
-    fast. ``folder`` None: ``default()`` makes a new one once the run is planned."""
+    fast. A new run's folder must be mim's to write (``RunFolder.check_new_run``); ``folder`` None:
+    ``default()`` makes a new one once the run is planned."""
     from mim_lightning.plugins.names import refuse_unknown_keys
 
     refuse_unknown_keys([("data.link", "link", cfg.data.link), ("stage1.loss", "loss", cfg.stage1.loss),
@@ -174,12 +187,15 @@ def run_in_folder(cfg, folder, resume: bool, default=None) -> None:
     from mim_lightning.analysis.report import run_summary
     from mim_lightning.training.checkpoints import Interrupted, StopRequest
     from mim_lightning.training.run import plan_run, train_replicas
+    from mim_lightning.training.run_folder import RunFolder
 
     quiet_lightning()
     is_zero = rank_zero_only.rank == 0
     plan = plan_run(cfg, warn=is_zero, components=components)  # warnings; with checks.strict, refusal
     if folder is None:
         folder = default() if is_zero else RunFolder(Path("runs") / "latest")   # other ranks never write it
+    elif is_zero and not resume:
+        folder.check_new_run(overwrite)
     lock = folder.locked() if is_zero else contextlib.nullcontext()
     with lock, StopRequest() as stop:
         if is_zero:
@@ -222,7 +238,7 @@ def quoted(path) -> str:
     return shlex.quote(str(path))
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the base config (repeatable).")
 @click.option("--out", type=click.Path(), default=None, help="Output directory [default: runs/<CONFIG name>].")
@@ -235,7 +251,9 @@ def quoted(path) -> str:
 def sweep(config, overrides, out, limit, max_runs):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
-    from mim_lightning.experiments.grid import MAX_RUNS
+    from mim_lightning.experiments.grid import MAX_RUNS, check_sweep
+
+    check_sweep(config, overrides, max_runs or MAX_RUNS)  # a bad file or grid is refused before torch loads
     from mim_lightning.experiments.sweep import run_sweep
     from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
 

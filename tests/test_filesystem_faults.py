@@ -1,4 +1,4 @@
-"""Filesystem faults through the real CLI (`mim train` and `mim sweep` in a subprocess): a full disk,
+"""Filesystem faults through the CLI (`mim train` and `mim sweep`, run in-process): a full disk,
 a read-only file system, a file or a folder in the way, a dangling symbolic link and an over-long
 name each end in one line 'Error: ...' in plain words (no traceback, no Python class name), exit
 code 1 or 2, and nothing half-written (no results.json without its config.yaml, no status.json
@@ -6,27 +6,30 @@ saying 'finished' without results.json). Full and read-only disks are small tmpf
 only; skipped where mounting is not allowed). ``errors.os_error_line``, which words them, is also
 tested on its own for each kind of fault."""
 
+import contextlib
 import errno
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 
 import pytest
+from click.testing import CliRunner
 
+from mim_lightning.cli import main
 from mim_lightning.errors import os_error_line
 
-MIM = shutil.which("mim") or os.path.join(os.path.dirname(sys.executable), "mim")
-ENV = {**os.environ, "MIM_LIGHTNING_PLUGINS": "", "MIM_SWEEP_LIMIT": "0"}
+ENV = {"MIM_LIGHTNING_PLUGINS": "", "MIM_SWEEP_LIMIT": "0"}
 CLASS_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b|Errno")
 TINY_YAML = "data: {d: 32, alpha: 8, alpha2: 8, n_test: 512}\nmodel: {width: 32}\nstage1: {steps: 3}\n"
 SWEEP_YAML = TINY_YAML + "sweep: {seed: [0, 1]}\n"
 
 
 def mim(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([MIM, *map(str, args)], capture_output=True, text=True, timeout=180, cwd=cwd, env=ENV)
+    """The CLI run in this process (no second import of torch and Lightning), as a finished process."""
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(main, [*map(str, args)], env=ENV)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def check_fault(done: subprocess.CompletedProcess, root, sweep: bool = False) -> str:

@@ -327,15 +327,15 @@ def test_a_rude_plugin_does_not_stop_the_others(rude_plugins, tmp_path):
 
 
 def test_broken_plugin_does_not_stop_training(broken_plugin, tmp_path):
-    result = run("train", "--out", tmp_path, *sets(TINY), "--set", "model.activation=fine_act")
+    result = run("train", "--out", tmp_path / "run", *sets(TINY), "--set", "model.activation=fine_act")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "plugin 'broken'" in line]
     assert len(warnings) == 1 and "import failed" in warnings[0]   # said once, although not needed
-    assert (tmp_path / "results.json").exists()
+    assert (tmp_path / "run" / "results.json").exists()
 
 
 def test_unknown_component_mentions_the_broken_plugin(broken_plugin, tmp_path):
-    result = run("train", "--out", tmp_path, *sets(TINY), "--set", "data.link=from_broken")
+    result = run("train", "--out", tmp_path / "run", *sets(TINY), "--set", "data.link=from_broken")
     assert result.exit_code == 1
     assert "Warning: plugin 'broken'" in result.stderr
     error = result.stderr.strip().splitlines()[-1]

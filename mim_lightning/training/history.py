@@ -135,10 +135,13 @@ class MetricHistory:
         kept, self.kept = self.kept, []
         W = (self.buffer[:len(kept)] if W is None else W.unsqueeze(0)).flatten(0, 1)     # (F K, m, d)
         norm = frobenius(W)
-        W = W / norm.clamp_min(1e-300).to(W.dtype).view(-1, 1, 1)                    # |W|_F = 1: nothing underflows
+        scale = (1 / norm.clamp_min(1e-300)).clamp_max(torch.finfo(W.dtype).max).to(W.dtype)
+        W = W * scale.view(-1, 1, 1)                                                 # |W|_F = 1: nothing underflows
         along = torch.bmm(W, self.axes.repeat(len(kept), 1, 1).transpose(1, 2)).square().sum(1)
         H, P = self.tracker.matrices(W, [step for step, _ in kept])
-        finite = torch.isfinite(norm).view(-1, 1, 1)   # W not finite: no eigensolve of NaN
+        finite = (torch.isfinite(norm) & torch.isfinite(H).flatten(1).all(-1)
+                  & torch.isfinite(P).flatten(1).all(-1)).view(-1, 1, 1)             # no eigensolve of NaN
+        norm = torch.where(finite.view(-1), norm, float("nan"))                       # not recorded
         self.pending.append((kept, norm, along.double(), torch.where(finite, H, 0.0), torch.where(finite, P, 0.0)))
 
     def flush(self) -> None:
