@@ -50,14 +50,15 @@ def framework_fit_seconds(cfg) -> float:
     TensorBoard logging, the divergence guard); data generated beforehand, outside the timing."""
     with tempfile.TemporaryDirectory() as tmp:
         board = Board(Path(tmp) / "tensorboard")
-        fabric = make_fabric(cfg, [], [MetricHistory(cfg, board.scalars, eigenvectors(cfg)), DivergenceGuard(cfg)])
+        callbacks = [MetricHistory(cfg, board.scalars, eigenvectors(cfg)), DivergenceGuard(cfg)]
+        fabric = make_fabric(cfg, [], callbacks)
         components, dm, network = build(cfg, fabric=fabric)
         module = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), 1, lambda t: t,
-                              torch.zeros(1, device=fabric.device))
-        module.U = dm.U
+                              torch.zeros(1, device=fabric.device), dm.U)
         sync(fabric.device.type)
         start = time.perf_counter()
-        fit_stage(fabric, module, lambda: dm.chunks("d1"), "stage1", 1, cfg.stage1.steps, module.configure_optimizers())
+        fit_stage(fabric, module, lambda: dm.chunks("d1"), "stage1", 1, cfg.stage1.steps, module.configure_optimizers(),
+                  callbacks=callbacks)
         sync(fabric.device.type)
         seconds = time.perf_counter() - start
         board.close()

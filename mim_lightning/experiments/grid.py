@@ -1,5 +1,9 @@
 """The grid of a sweep: reading and validating the sweep file, variants, the runs and their keys.
 
+Reading and checking a sweep (``check_sweep``) imports neither torch nor Lightning, so a bad file
+is refused in a fraction of a second; ``load_sweep`` then probes the runs' components with the
+training stack.
+
 A sweep file is a normal config plus a ``sweep:`` mapping of dotted keys to lists of values; the
 runs are the cartesian product of the lists (in the order the keys are written). Each run's key is
 a content hash of its resolved config (its folder name, so that a finished run is never trained
@@ -9,7 +13,6 @@ again).
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -20,8 +23,9 @@ from typing import Any
 from mim_lightning.config import Config, all_keys, apply_overrides, build_config, flatten
 from mim_lightning.config_yaml import read_yaml, set_dotted
 from mim_lightning.errors import MimError
+from mim_lightning.plugins.names import refuse_unknown_keys
 from mim_lightning.plugins.registry import closest
-from mim_lightning.training.run import validate
+from mim_lightning.training.run_folder import canonical_json, config_hash
 
 
 @dataclass
@@ -68,16 +72,13 @@ def sweep_section(sweep: Sweep) -> dict:
 
 
 def canonical(cfg: Config) -> str:
-    """The canonical JSON of a resolved config (sorted keys, no spaces)."""
-    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The canonical JSON of a resolved config (``run_folder.canonical_json``)."""
+    return canonical_json(cfg.model_dump(mode="json"))
 
 
 def run_key(cfg: Config) -> str:
-    """A run's directory name: the first 16 hex digits of sha256 of its canonical config.
-
-    Not ``run_folder.config_hash``: that hashes ``json.dumps`` with the default separators, so its
-    digest differs, and existing sweep folders (cached results) are named by this formula."""
-    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:16]
+    """A run's directory name: the first 16 hex digits of its config's identity (``config_hash``)."""
+    return config_hash(cfg.model_dump(mode="json"))[:16]
 
 
 def _show(value) -> str:
@@ -94,6 +95,7 @@ def read_sweep_tree(path: str | Path, overrides=()) -> tuple[dict, dict[str, lis
     swept and also set by a variant, or swept and also given with ``--set`` (the runs would not use
     that value)."""
     tree = read_yaml(path)
+    tree.pop("launcher", None)  # where the runs are trained (``launch_options``), not what they are
     grid = tree.pop("sweep", None)
     given = apply_overrides(tree, overrides)
     tree.pop("sweep", None)  # what --set gave the sweep is in ``given``, applied below key by key
@@ -186,10 +188,12 @@ def without_seed(cfg: Config) -> str:
 MAX_RUNS = 10_000  # a sweep of more runs is refused unless --max-runs allows it
 
 
-def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Sweep:
-    """Read and validate a sweep file: its number of runs (the product of its lists' lengths, at
-    most ``max_runs``), the base config, every swept value on its own, then every run of the grid
-    (one-line MimErrors naming the key and value, before anything is trained)."""
+def check_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Sweep:
+    """Read and check a sweep file without importing torch: its number of runs (the product of its
+    lists' lengths, at most ``max_runs``), the base config, every swept value on its own, then
+    every run of the grid (its config, its component names against the built-ins when no plugin
+    could add names, ``plugins.names``) and that no two runs are the same; one-line MimErrors
+    naming the key and value. The runs' components are not probed (``load_sweep`` does that)."""
     tree, axes, variants = read_sweep_tree(path, overrides)
     count = math.prod(len(values) for values in axes.values())
     if count > max_runs:
@@ -212,7 +216,7 @@ def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Swee
                 if key == "variant" or f"{key!r}" in str(exc):
                     raise MimError(f"sweep {key} = {_show(value)}: {exc}") from None
     sweep = Sweep(base, axes, variants=variants)
-    seen, validated = {}, set()
+    seen, named = {}, set()
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo, strict=True))
         one = copy.deepcopy(tree)
@@ -221,10 +225,11 @@ def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Swee
         run = Run(values, None, "")
         try:
             run.cfg = build_config(one)
-            group = without_seed(run.cfg)
-            if group not in validated:  # component names and probes, solver, trainer settings
-                validate(run.cfg)
-                validated.add(group)
+            names = (run.cfg.data.link, run.cfg.stage1.loss, run.cfg.stage2.loss, run.cfg.model.activation)
+            if names not in named:
+                refuse_unknown_keys(zip(("data.link", "stage1.loss", "stage2.loss", "model.activation"),
+                                        ("link", "loss", "loss", "activation"), names))
+                named.add(names)
         except MimError as exc:
             raise MimError(f"sweep run {run.describe()}: {exc}") from None
         run.key = run_key(run.cfg)
@@ -232,4 +237,23 @@ def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Swee
             raise MimError(f"sweep runs {seen[run.key].describe()} and {run.describe()} are the same run")
         seen[run.key] = run
         sweep.runs.append(run)
+    return sweep
+
+
+def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Sweep:
+    """``check_sweep``, then each group of runs that differ only in ``seed`` validated by the
+    training stack (component lookups and probes, solver, trainer settings), before anything is
+    trained."""
+    sweep = check_sweep(path, overrides, max_runs)
+    from mim_lightning.training.run import validate  # torch and Lightning: only for a file that passed the checks
+
+    validated = set()
+    for run in sweep.runs:
+        group = without_seed(run.cfg)
+        if group not in validated:
+            try:
+                validate(run.cfg)
+            except MimError as exc:
+                raise MimError(f"sweep run {run.describe()}: {exc}") from None
+            validated.add(group)
     return sweep

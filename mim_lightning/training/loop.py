@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
@@ -42,12 +42,13 @@ def make_fabric(cfg: Config, loggers=(), callbacks=()) -> L.Fabric:
 
 
 def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: str, first: int, last: int,
-              optimizer=None, optimizer_state: dict | None = None) -> None:
+              optimizer=None, optimizer_state: dict | None = None, callbacks: Sequence = ()) -> None:
     """Full-batch steps ``first``..``last`` of a stage: each step runs ``module.training_step`` on
     every chunk of this rank's data and differentiates what it returns (gradients accumulate; DDP
     synchronises them on the last chunk only), then ``module.finish_step(optimizer)``, then the
-    callbacks' ``on_step_end``: looked up once per stage rather than through ``Fabric.call``,
-    which inspects every callback's signature on every call (a sixth of a step at d = 64).
+    ``on_step_end`` of ``callbacks`` (the Fabric's): looked up once per stage rather than through
+    ``Fabric.call``, which inspects every callback's signature on every call (a sixth of a step at
+    d = 64).
     ``optimizer_state`` restores the optimiser of a resumed stage."""
     if optimizer is not None:
         module.select_trained()
@@ -58,8 +59,7 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
         wrapped = module
     module.stage_optimizer = optimizer
     fabric.call("on_stage_start", fabric=fabric, stage=stage, module=module)
-    # the callbacks Fabric.call walks (Fabric keeps them in _callbacks; there is no public accessor)
-    step_hooks = [hook for hook in (getattr(c, "on_step_end", None) for c in fabric._callbacks) if callable(hook)]
+    step_hooks = [hook for hook in (getattr(c, "on_step_end", None) for c in callbacks) if callable(hook)]
     step = first - 1
     for step in range(first, last + 1):
         batches = iter(chunks())

@@ -141,13 +141,15 @@ def polled(chunks: Iterable, poll: Callable[[], None] | None):
         yield chunk
 
 
-def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None, poll=None):
+def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None, poll=None,
+               callbacks=()):
     """Stage 1 on D1 (from a stage-1 checkpoint ``state`` if given), then the spectral baseline on the
     same D1 and preprocessing: (shift (K,), baselines) with baselines["spectral"] = {order: principal
     cosines (K, r)} for T(y) - shift, baselines["spectral_uncentred"] the same for T(y) (when
     centring; centring adds -shift X^T X / n, whose noise can hurt the estimator), and
     baselines["unbounded_fraction"] (K,) from ``unbounded_fraction`` (a warning when positive).
-    ``poll()`` runs before each chunk of the passes outside the steps."""
+    ``poll()`` runs before each chunk of the passes outside the steps; ``callbacks``: the Fabric's
+    (their ``on_step_end`` runs after every step)."""
     fabric = fabric or make_fabric(cfg)
     reduce = _reducer(fabric)
     d1 = lambda: polled(dm.chunks("d1"), poll)   # noqa: E731
@@ -165,11 +167,10 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
             f"{100 * float(unbounded.max()):.1f}% of D1 (the centred preprocessing T(y) - mean(T) exceeds the loss's "
             f"slope bound there): run long enough, stage 1 sends f to infinity on those samples; set stage1.center=false "
             f"or use a loss whose preprocessing stays within its slope bound\n")
-    stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift)
-    stage1.U = dm.U
+    stage1 = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), fabric.world_size, reduce, shift, dm.U)
     clock = Clock(fabric)
     fit_stage(fabric, stage1, lambda: dm.chunks("d1"), "stage1", 1 if state is None else state["step"] + 1,
-              cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"])
+              cfg.stage1.steps, stage1.configure_optimizers(), None if state is None else state["optimizer"], callbacks)
     steps_seconds = clock.lap()
     centred = bool((shift != 0).any())   # else the uncentred baseline is the same one
     shifts = [shift, torch.zeros_like(shift)] if centred and cfg.baseline.uncentred else [shift]
@@ -213,7 +214,8 @@ def spectral_baseline(cfg: Config, components, d1: Callable[[], Iterable], dm, s
     return matrix_free_cosines(d1, components.stage1_loss, shifts, dm.n("d1"), dm.U, reduce, orders)
 
 
-def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None, poll=None):
+def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None, poll=None,
+               callbacks=()):
     """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given, its last objective included) and
     the test pass: (the stage-2 module, test relative MSE (K,)). ``poll()`` runs before each chunk of
     the passes outside the steps."""
@@ -230,7 +232,7 @@ def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: 
             stage2.scale_step_size(polled(dm.chunks("d2"), poll))
         fit_stage(fabric, stage2, lambda: dm.chunks("d2"), "stage2", 1 if state is None else state["step"] + 1,
                   1 if solver == "ridge" else cfg.stage2.steps, None if solver == "ridge" else stage2.configure_optimizers(),
-                  None if state is None else state["optimizer"])
+                  None if state is None else state["optimizer"], callbacks)
     metric = RelativeMSE(replicas=len(seeds)).to(fabric.device)
     with torch.no_grad(), fabric.autocast():
         for x, y in polled(dm.chunks("test"), poll):
@@ -294,7 +296,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
         history.flush()
         for board in boards:   # the curves up to this checkpoint survive a kill: a resume has no gap
             board.flush()
-        optimizer = getattr(module, "stage_optimizer", None)
+        optimizer = module.stage_optimizer
         return {"stage": stage, "step": step, "config_hash": key, "seeds": seeds,
                 "network": {k: v.detach().cpu() for k, v in module.network.state_dict().items()},
                 "optimizer": None if optimizer is None else optimizer.state_dict(),
@@ -305,7 +307,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                 else history.tracker.basis.detach().cpu()}
 
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
-    fabric = make_fabric(cfg, [], [history, DivergenceGuard(cfg), saver])
+    callbacks = [history, DivergenceGuard(cfg), saver]
+    fabric = make_fabric(cfg, [], callbacks)
     fabric.launch()
     from mim_lightning.training.ranks import watch
     ranks = watch(fabric, stop)   # a rank that stops or dies ends every rank, with one line naming it
@@ -314,7 +317,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
         if state is None:
             log_start(board, cfg.model_copy(update={"seed": seeds[k]}), trials[k], assumptions, tensorboard_dirs is None)
     try:
-        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric)
+        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric, callbacks)
     except BaseException as exc:
         ranks.explain(exc)
         raise
@@ -323,7 +326,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
             board.close()
 
 
-def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric) -> list[dict]:
+def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric,
+                callbacks) -> list[dict]:
     """The stages of ``train_replicas`` on its Fabric, from ``state`` (a checkpoint) if given."""
     timings = dict(outputs.get("timings", {}))
     start = time.perf_counter()
@@ -332,7 +336,8 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
         network.load_state_dict(state["network"])
     if state is None or state["stage"] == "stage1":
         shift, baselines = run_stage1(cfg, components, dm, network, fabric, state,
-                                      poll=lambda: stop.check("the spectral baseline and data passes of stage 1"))
+                                      poll=lambda: stop.check("the spectral baseline and data passes of stage 1"),
+                                      callbacks=callbacks)
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
         timings.update(baselines["seconds"])
@@ -346,7 +351,7 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
                                       state if state is not None and state["stage"] == "stage2" else None,
-                                      poll=lambda: stop.check("the test pass"))
+                                      poll=lambda: stop.check("the test pass"), callbacks=callbacks)
     stop.check("the test pass")
     timings["stage2"] = time.perf_counter() - start
 

@@ -87,9 +87,15 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def canonical_json(config: dict) -> str:
+    """The canonical JSON of a resolved config: sorted keys, no spaces."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON of a resolved config (its identity for resume and caching)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 (hex) of a resolved config's canonical JSON: its identity for resume, and, cut to 16
+    digits, a sweep run's folder name (``grid.run_key``)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
 def new_run_folder(parent: Path) -> "RunFolder":

@@ -34,6 +34,7 @@ class _FullBatchModule(L.LightningModule):
         self.n, self.scale, self.reduce_sum = n, world / n, reduce_sum
         self.loss_sum = None
         self.last_loss = None   # (K,) the objective of the last completed pass
+        self.stage_optimizer = None   # the stage's optimiser once the loop has set it up (checkpoints save it)
 
     def select_trained(self) -> None:
         """Only the stage's layer requires grad (before DDP wraps the module, so DDP synchronises
@@ -69,9 +70,10 @@ class Stage1Module(_FullBatchModule):
     """
 
     def __init__(self, network: TwoLayerNetwork, loss: Callable, cfg: Config, n: int, world: int,
-                 reduce_sum: Callable, shift: torch.Tensor):
+                 reduce_sum: Callable, shift: torch.Tensor, U: torch.Tensor | None = None):
         super().__init__(network, loss, n, world, reduce_sum)
         self.cfg, self.shift = cfg, shift
+        self.U = U   # (K, r, d): the hidden subspace, which the stage-1 metrics measure W against
 
     @property
     def trained(self) -> tuple[str, ...]:
