@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mim_lightning.errors import MimError, os_error_line
+from mim_lightning.experiments.launch_options import WorkerCount
 
 
 class CommandError(click.ClickException):
@@ -115,6 +116,8 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    # on a machine with SLURM's client, every run outside srun (a login node, a laptop) says so
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used")
 
 
 class SetCommand(click.Command):
@@ -247,21 +250,60 @@ def quoted(path) -> str:
                    " [default: on, unless MIM_SWEEP_LIMIT=0].")
 @click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Refuse a grid of more than N runs, counted before any run is built [default: 10000].")
+@click.option("--workers", type=WorkerCount(), default=None,
+              help="Train in N worker processes on this machine, each with cores / N threads or one GPU;"
+                   " auto: one per GPU, else one per two cores.")
+@click.option("--slurm", "on_slurm", is_flag=True, help="Train in one SLURM job array (submitit); collect the results"
+              " with --wait, or by running the command again without --slurm once the array has ended.")
+@click.option("--wait", is_flag=True, help="With --slurm: wait for the array, then write results.csv and the plots.")
+@click.option("--partition", default=None, help="With --slurm: the partition [default: launcher.partition, else the cluster's].")
+@click.option("--time", "minutes", type=click.IntRange(min=1), default=None, metavar="MINUTES",
+              help="With --slurm: each array task's time limit [default: launcher.time, else 60].")
+@click.option("--gpus-per-task", type=click.IntRange(min=1), default=None, help="With --slurm: GPUs of each array task.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="With --slurm: CPUs of each array task.")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --slurm: at most N array tasks at once.")
+@click.option("--tasks", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --slurm: the array's size [default: launcher.tasks, else one task per group of seeds].")
 @friendly_errors
-def sweep(config, overrides, out, limit, max_runs):
+def sweep(config, overrides, out, limit, max_runs, workers, on_slurm, wait, partition, minutes, gpus_per_task,
+          cpus_per_task, array_parallelism, tasks):
     """A grid of runs: CONFIG plus a 'sweep:' mapping of keys to lists of values. Trains only the
     runs without results (OUT/runs/<config hash>/), then writes OUT/results.csv and PNG plots."""
     from mim_lightning.experiments.grid import MAX_RUNS, check_sweep
 
     check_sweep(config, overrides, max_runs or MAX_RUNS)  # a bad file or grid is refused before torch loads
+    from mim_lightning.experiments.launch_options import Submitted, launcher_of
+
+    given = {"partition": partition, "time": minutes, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task,
+             "array_parallelism": array_parallelism, "tasks": tasks}
+    options = launcher_of(config, given)
+    if on_slurm and workers is not None:
+        raise MimError("--workers and --slurm: give one (local worker processes, or a SLURM job array)")
+    if not on_slurm and (wait or any(value is not None for value in given.values())):
+        raise MimError("--wait, --partition, --time, --gpus-per-task, --cpus-per-task, --array-parallelism and --tasks"
+                       " go with --slurm")
     from mim_lightning.experiments.sweep import run_sweep
     from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
 
+    trainer = None
+    if on_slurm:
+        from mim_lightning.experiments.slurm import array
+
+        collect = shlex.join(["mim", "sweep", config, *[f"--set={o}" for o in overrides], *(["--out", out] if out else [])])
+        trainer = array(options, wait, collect)
+    elif workers is not None:
+        from mim_lightning.experiments.workers import parallel, worker_count
+
+        trainer = parallel(worker_count(workers))
     quiet_lightning()
     again = "finished runs are kept: run the same command again to continue"
     with StopRequest() as stop:
         try:
-            run_sweep(config, overrides, out, stop=stop, limit=limit, max_runs=max_runs or MAX_RUNS)
+            run_sweep(config, overrides, out, stop=stop, limit=limit, max_runs=max_runs or MAX_RUNS, trainer=trainer)
+        except Submitted as done:  # --slurm without --wait
+            click.echo(str(done))
+            return
         except (KeyboardInterrupt, Interrupted) as exc:
             name = getattr(exc, "signal_name", None) or stop.signal_name or "SIGINT"
             click.echo(f"\nInterrupted by {name}; {again}.", err=True)
