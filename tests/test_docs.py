@@ -5,10 +5,15 @@ and nothing cites the briefs the project was built from, which are not part of i
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ["README.md", "docs", "configs", "scripts", "plugins", "mim_lightning"]
@@ -170,3 +175,74 @@ def test_nothing_cites_the_briefs(root):
         if BRIEFS.search(line)
     ]
     assert not hits, "cites a brief that is not in the repository (cite docs/theory.md instead):\n" + "\n".join(hits)
+
+
+# --------------------------------------------------------------------------- the documentation site
+
+SITE_ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "MIM_LIGHTNING_PLUGINS": ""}
+
+
+def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config),
+                           "--site-dir", str(site)], capture_output=True, text=True, timeout=300, env=SITE_ENV)
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict` (mkdocs.yml: broken links and anchors, and pages left out of the nav,
+    are warnings) succeeds with no warning, and every Markdown page under docs/ is in the nav."""
+    done = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "WARNING" not in log, log[-4000:]
+    pages = sorted(p.relative_to(ROOT / "docs").with_suffix("") for p in (ROOT / "docs").rglob("*.md"))
+    for page in pages:
+        built = tmp_path / "site" / ("index.html" if page.name == "index" else page / "index.html")
+        assert built.is_file(), f"docs/{page}.md was not built"
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    listed = set(re.findall(r"[\w/.-]+\.md", str(nav)))
+    assert listed == {f"{page}.md" for page in pages}, "every page under docs/ is in the nav, and only those"
+
+
+def test_the_strict_build_fails_on_a_broken_link(tmp_path):
+    """The check above can fail: a link to a missing page or anchor stops the strict build."""
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    with (docs / "cli.md").open("a") as page:
+        page.write("\nSee [nothing](sweeps.md#no-such-heading).\n")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    config["docs_dir"] = str(docs)
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    done = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert done.returncode != 0 and "no-such-heading" in done.stdout + done.stderr
+
+
+def test_reference_pages_are_generated_from_the_code(tmp_path):
+    """docs/reference/*.md are what scripts/make_reference.py writes now: a config key, a
+    TensorBoard tag or a component added, removed or changed without regenerating them fails here."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_reference.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=SITE_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    generated = sorted(p.name for p in tmp_path.glob("*.md"))
+    committed = sorted(p.name for p in (ROOT / "docs" / "reference").glob("*.md"))
+    assert generated == committed == ["components.md", "config.md", "tensorboard.md"]
+    stale = [name for name in generated
+             if (tmp_path / name).read_text(encoding="utf-8") != (ROOT / "docs" / "reference" / name).read_text(encoding="utf-8")]
+    assert not stale, f"stale reference pages {stale}: run `python scripts/make_reference.py` and commit docs/reference/"
+    from mim_lightning.config import all_keys
+    from mim_lightning.training.tensorboard import DESCRIPTIONS
+
+    config_page = (tmp_path / "config.md").read_text(encoding="utf-8")
+    assert all(f"| `{key}` |" in config_page for key in all_keys())
+    tags_page = (tmp_path / "tensorboard.md").read_text(encoding="utf-8")
+    assert len([line for line in tags_page.splitlines() if line.startswith("| `stage")
+                or line.startswith("| `final")]) >= len(DESCRIPTIONS)
+    components = (tmp_path / "components.md").read_text(encoding="utf-8")
+    assert "| `squared` |" in components and "**violated**: convex, C^1, not Lipschitz" in components
+    assert "| `relu` |" in components and "| `logcosh` |" in components and "| `z1z2` |" in components
+
+
+def test_the_readme_is_short_and_links_into_the_site():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    linked = set(re.findall(r"\]\((docs/[\w/]+\.md)", readme))
+    pages = {f"docs/{p.relative_to(ROOT / 'docs').as_posix()}" for p in (ROOT / "docs").rglob("*.md")}
+    assert pages <= linked, f"pages the README does not link: {sorted(pages - linked)}"

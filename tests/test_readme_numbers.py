@@ -1,6 +1,7 @@
-"""The README's printed numbers are what the commands print: the alpha sweep's table of means
-(`mim sweep configs/sweep_alpha.yaml`) and the quickstart's result lines (`mim train`), compared
-exactly. When training changes the numbers, re-run the commands and paste their output."""
+"""The printed numbers of the README and the documentation site are what the commands print: the
+alpha sweep's table of means (`mim sweep configs/sweep_alpha.yaml`, docs/sweeps.md) and the
+quickstart's result lines (`mim train`, README.md and docs/index.md), compared exactly. When training
+changes the numbers, re-run the commands and paste their output into every page that shows it."""
 
 from __future__ import annotations
 
@@ -13,18 +14,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULT_LINES = ("principal cosines", "spectral baseline", "subspace mass", "test relative MSE")
+# where each command's output must be shown (it may be shown on other pages too: all are checked)
+SHOWN_ON = {"mim sweep configs/sweep_alpha.yaml": ROOT / "docs" / "sweeps.md",
+            "mim train --out runs/quickstart": ROOT / "README.md"}
 
 
-def console_block(command: str) -> list[str]:
-    """The lines of the README's first ```console block that starts with `$ <command>`."""
-    blocks = re.findall(r"```console\n(.*?)```", README.read_text(), flags=re.S)
-    for block in blocks:
-        lines = block.splitlines()
-        if lines and lines[0].strip() == f"$ {command}":
-            return lines[1:]
-    raise AssertionError(f"README.md has no console block for `$ {command}`")
+def console_blocks(command: str) -> dict[Path, list[str]]:
+    """Per page (README.md, docs/*.md), the lines of its first ```console block that starts with
+    `$ <command>`; the page named in SHOWN_ON must have one."""
+    found = {}
+    for page in PAGES:
+        for block in re.findall(r"```console\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            lines = block.splitlines()
+            if lines and lines[0].strip() == f"$ {command}":
+                found[page] = lines[1:]
+                break
+    where = SHOWN_ON[command]
+    assert where in found, f"{where.relative_to(ROOT)} has no console block for `$ {command}`"
+    return found
 
 
 def sweep_table(lines: list[str]) -> list[str]:
@@ -42,21 +51,25 @@ def mim(*args, cwd: Path) -> str:
 
 
 def test_the_readme_blocks_parse():
-    table = sweep_table(console_block("mim sweep configs/sweep_alpha.yaml"))
-    assert len(table) == 9 and table[0].split()[:2] == ["data.alpha", "seeds"]
-    lines = console_block("mim train --out runs/quickstart")
-    assert [line.split("  ")[0] for line in lines if line.startswith(RESULT_LINES)] == list(RESULT_LINES)
+    for table in map(sweep_table, console_blocks("mim sweep configs/sweep_alpha.yaml").values()):
+        assert len(table) == 9 and table[0].split()[:2] == ["data.alpha", "seeds"]
+    for lines in console_blocks("mim train --out runs/quickstart").values():
+        assert [line.split("  ")[0] for line in lines if line.startswith(RESULT_LINES)] == list(RESULT_LINES)
+    assert ROOT / "docs" / "index.md" in console_blocks("mim train --out runs/quickstart")  # the Example shows it too
 
 
 @pytest.mark.slow
 def test_readme_sweep_alpha_table_is_what_the_sweep_prints(tmp_path):
     printed = mim("sweep", str(ROOT / "configs" / "sweep_alpha.yaml"), "--out", str(tmp_path / "sweep"), cwd=tmp_path)
-    assert sweep_table(printed.splitlines()) == sweep_table(console_block("mim sweep configs/sweep_alpha.yaml"))
+    ours = sweep_table(printed.splitlines())
+    for page, lines in console_blocks("mim sweep configs/sweep_alpha.yaml").items():
+        assert sweep_table(lines) == ours, page.relative_to(ROOT)
 
 
 @pytest.mark.slow
 def test_readme_quickstart_lines_are_what_mim_train_prints(tmp_path):
     printed = mim("train", "--out", str(tmp_path / "quickstart"), cwd=tmp_path)
     ours = [line.rstrip() for line in printed.splitlines() if line.startswith(RESULT_LINES)]
-    theirs = [line.rstrip() for line in console_block("mim train --out runs/quickstart") if line.startswith(RESULT_LINES)]
-    assert ours == theirs
+    for page, lines in console_blocks("mim train --out runs/quickstart").items():
+        theirs = [line.rstrip() for line in lines if line.startswith(RESULT_LINES)]
+        assert ours == theirs, page.relative_to(ROOT)
