@@ -55,8 +55,9 @@ def subspace_iteration(W: torch.Tensor, Q: torch.Tensor, iters: int) -> torch.Te
     (s_{b+1} / s_r)^2 per iteration. Householder QR: no eigensolver, and orthonormal whatever the
     conditioning of the block. Each iteration costs 4 m d b flops; W should be scaled to |W|_F = 1
     (a tiny W's products would underflow)."""
+    Wt = W.transpose(1, 2)
     for _ in range(iters):
-        Q = torch.linalg.qr(torch.bmm(W.transpose(1, 2), torch.bmm(W, Q))).Q
+        Q = torch.linalg.qr(torch.bmm(Wt, torch.bmm(W, Q))).Q
     return Q
 
 

@@ -26,7 +26,7 @@ from mim_lightning.training.run_folder import write_atomic
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 FIELDS = {"stage", "step", "config_hash", "seeds", "network", "optimizer", "shift", "history", "stage1"}
-OPTIONAL_FIELDS = {"last_loss", "subspace_basis"}   # the last objective (K,); stage 1's tracked block (K, d, b)
+OPTIONAL_FIELDS = {"last_loss", "subspace_basis"}   # the last objective (K,); stage 1's tracked blocks (2, K, d, b)
 ROW_KEYS = {"step", "subspace_mass", "principal_cosines", "weight_norm", "loss"}
 OUTPUT_KEYS = {"history", "timings", "spectral", "spectral_uncentred", "unbounded_fraction", "direction_mass"}
 ORDERS = {"magnitude", "largest", "smallest"}
@@ -194,9 +194,9 @@ def _check_fields(state: dict, spec: CheckpointSpec) -> None:
              and loss.shape == (K,), "last_loss", f"must be None or a float tensor of length {K}")
     _, m, d = spec.network["W"].shape
     basis = state.get("subspace_basis")
-    _require(basis is None or isinstance(basis, torch.Tensor) and basis.dtype.is_floating_point and basis.dim() == 3
-             and basis.shape[:2] == (K, d) and spec.r <= basis.shape[2] <= min(m, d), "subspace_basis",
-             f"must be None or a float tensor ({K}, {d}, b) with {spec.r} <= b <= {min(m, d)}")
+    _require(basis is None or isinstance(basis, torch.Tensor) and basis.dtype.is_floating_point and basis.dim() == 4
+             and basis.shape[:3] == (2, K, d) and spec.r <= basis.shape[3] <= min(m, d), "subspace_basis",
+             f"must be None or a float tensor (2, {K}, {d}, b) with {spec.r} <= b <= {min(m, d)}")
     _check_history(state["history"], "history", spec, step if stage == "stage1" else spec.last_steps["stage1"])
     outputs = state["stage1"]
     if stage == "stage1":

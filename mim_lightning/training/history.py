@@ -38,9 +38,12 @@ class SubspaceTracker:
     - min(m, d) <= EXACT_BELOW: exact, from W's Gram (W^T W, or W W^T when m < d);
     - ``metrics.subspace = exact``: the top-r subspace by an eigensolver at every recorded step;
     - otherwise tracked: an orthonormal block of r + OVERSAMPLE directions, exact at step 0 and T1
-      (and after a resume without a saved block), and for the steps of a flush interval
-      ``metrics.tracking_iters`` block power iterations from the block of the last step before it
-      (batched over the interval's steps: no eigensolver, no host synchronisation).
+      (and after a resume without a saved block). The steps of flush interval i (steps
+      (i - 1) F + 1 .. i F, F = ``metrics.flush_every_n_steps``) all start from the block of the
+      last recorded step before the interval (``anchor``) and take ``metrics.tracking_iters`` block
+      power iterations, batched over the steps (no eigensolver, no host synchronisation). So a
+      step's numbers depend only on its W and the interval's anchor: not on where checkpoints,
+      signals or a full buffer cut the measurements.
     """
 
     def __init__(self, cfg: Config, U: torch.Tensor, m: int):
@@ -50,9 +53,26 @@ class SubspaceTracker:
         self.rowspace = small and m < d
         self.mode = "gram" if small else cfg.metrics.subspace
         self.width = min(m, d) if small else (r if self.mode == "exact" else min(r + OVERSAMPLE, m, d))
-        self.basis = None   # (K, d, b): the tracked block at the last measured step
+        self.anchor = None   # (K, d, b): the block the current interval's steps start from
+        self.latest = None   # (K, d, b): the block of the last measured step
+        self.interval = 0    # the flush interval of the last measured step
         if self.mode == "gram" and not self.rowspace:
-            self.basis = torch.eye(d, dtype=U.dtype, device=U.device).expand(U.shape[0], d, d)
+            self.anchor = torch.eye(d, dtype=U.dtype, device=U.device).expand(U.shape[0], d, d)
+
+    def interval_of(self, step: int) -> int:
+        """The flush interval a step belongs to (0 for step 0)."""
+        return -(-step // self.cfg.metrics.flush_every_n_steps)
+
+    def state(self) -> torch.Tensor | None:
+        """(2, K, d, b): the anchor and the latest block, for a checkpoint (None unless tracked)."""
+        if self.mode != "tracked" or self.latest is None:
+            return None
+        return torch.stack([self.latest if self.anchor is None else self.anchor, self.latest]).detach().cpu()
+
+    def restore(self, saved: torch.Tensor, last_step: int) -> None:
+        """A checkpoint's ``state()``, taken after the recorded step ``last_step``."""
+        self.anchor, self.latest = saved[0].to(self.U.device), saved[1].to(self.U.device)
+        self.interval = self.interval_of(last_step)
 
     def matrices(self, W: torch.Tensor, steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(H (F K, b, b), P (F K, b, r)), in float64, for the F steps' W (F K, m, d), K replicas per
@@ -62,19 +82,34 @@ class SubspaceTracker:
         if self.rowspace:
             return torch.bmm(W, W.transpose(1, 2)).double(), torch.bmm(W, U.transpose(1, 2)).double()
         if self.mode == "gram":
-            Q = self.basis.repeat(F, 1, 1)
+            Q = self.anchor.repeat(F, 1, 1)
         else:
-            exact = [i for i, step in enumerate(steps) if self.mode == "exact" or step in (0, self.cfg.stage1.steps)
-                     or self.basis is None]
-            Q = None if len(exact) == F else subspace_iteration(W, self.basis.repeat(F, 1, 1), self.cfg.metrics.tracking_iters)
-            if exact:
-                rows = torch.cat([W[i * K:(i + 1) * K] for i in exact])
-                found = top_right_singular(torch.where(torch.isfinite(rows), rows, 1.0), self.width).transpose(1, 2)
-                where = torch.cat([torch.arange(i * K, (i + 1) * K) for i in exact]).to(W.device)
-                Q = found if Q is None else Q.index_copy(0, where, found)
-            self.basis = Q[-K:]
+            cuts = [i for i in range(1, F) if self.interval_of(steps[i]) != self.interval_of(steps[i - 1])]
+            if not cuts:   # the usual case: all steps in one interval
+                Q = self.blocks(W, steps)
+            else:
+                edges = [0, *cuts, F]
+                Q = torch.cat([self.blocks(W[a * K:b * K], steps[a:b]) for a, b in zip(edges, edges[1:])])
         WQ = torch.bmm(W, Q)
         return torch.bmm(WQ.transpose(1, 2), WQ).double(), torch.bmm(Q.transpose(1, 2), U.transpose(1, 2)).double()
+
+    def blocks(self, W: torch.Tensor, steps: list[int]) -> torch.Tensor:
+        """The blocks (F K, d, b) of steps of one interval: exact where required, else iterated from
+        the interval's anchor."""
+        K = self.U.shape[0]
+        if self.interval_of(steps[0]) > self.interval:
+            self.anchor, self.interval = self.latest, self.interval_of(steps[0])
+        exact = [i for i, step in enumerate(steps) if self.mode == "exact" or step in (0, self.cfg.stage1.steps)
+                 or self.anchor is None]
+        Q = None if len(exact) == len(steps) else subspace_iteration(W, self.anchor.repeat(len(steps), 1, 1),
+                                                                     self.cfg.metrics.tracking_iters)
+        if exact:
+            rows = torch.cat([W[i * K:(i + 1) * K] for i in exact])
+            found = top_right_singular(torch.where(torch.isfinite(rows), rows, 1.0), self.width).transpose(1, 2)
+            where = torch.cat([torch.arange(i * K, (i + 1) * K) for i in exact]).to(W.device)
+            Q = found if Q is None else Q.index_copy(0, where, found)
+        self.latest = Q[-K:]
+        return Q
 
 
 class MetricHistory:
@@ -102,13 +137,13 @@ class MetricHistory:
         self.buffer = None       # (slots, K, m, d): copies of W at recorded steps, not yet measured
         self.kept: list[tuple] = []      # (step, loss (K,) or None) of the buffer's copies
         self.pending: list[tuple] = []   # (kept, |W|_F, masses, H, P) measured on the device, not yet read
-        self.saved_basis = None  # a resumed run's tracked block
+        self.saved_blocks = None  # a resumed run's tracked blocks (SubspaceTracker.state)
 
-    def restore(self, rows: list[dict], basis: torch.Tensor | None = None) -> None:
-        """The flushed history of a resumed run, and its tracked block (None: exact at the next step)."""
+    def restore(self, rows: list[dict], blocks: torch.Tensor | None = None) -> None:
+        """The flushed history of a resumed run, and its tracked blocks (None: exact at the next step)."""
         self.rows = rows
         self.first_loss = next((row["loss"] for row in rows if row.get("loss") is not None), None)
-        self.saved_basis = basis
+        self.saved_blocks = blocks
 
     @torch.no_grad()
     def record(self, W: torch.Tensor, step: int, loss: torch.Tensor | None) -> None:
@@ -139,9 +174,9 @@ class MetricHistory:
         W = W * scale.view(-1, 1, 1)                                                 # |W|_F = 1: nothing underflows
         along = torch.bmm(W, self.axes.repeat(len(kept), 1, 1).transpose(1, 2)).square().sum(1)
         H, P = self.tracker.matrices(W, [step for step, _ in kept])
-        finite = (torch.isfinite(norm) & torch.isfinite(H).flatten(1).all(-1)
-                  & torch.isfinite(P).flatten(1).all(-1)).view(-1, 1, 1)             # no eigensolve of NaN
-        norm = torch.where(finite.view(-1), norm, float("nan"))                       # not recorded
+        finite = torch.isfinite(norm + H.sum((1, 2)) + P.sum((1, 2)))                 # no eigensolve of NaN
+        norm = torch.where(finite, norm, float("nan"))                                # not recorded
+        finite = finite.view(-1, 1, 1)
         self.pending.append((kept, norm, along.double(), torch.where(finite, H, 0.0), torch.where(finite, P, 0.0)))
 
     def flush(self) -> None:
@@ -201,8 +236,8 @@ class MetricHistory:
         self.axes = U if self.directions is None else torch.einsum(
             "lk,nld->nkd", torch.as_tensor(self.directions, dtype=U.dtype, device=U.device), U)
         self.tracker = SubspaceTracker(self.cfg, U, W.shape[1])
-        if self.saved_basis is not None and self.tracker.mode == "tracked":
-            self.tracker.basis = self.saved_basis.to(W.device)
+        if self.saved_blocks is not None and self.tracker.mode == "tracked" and self.rows:
+            self.tracker.restore(self.saved_blocks, self.rows[-1]["step"])
         if not self.rows:   # step 0 measured at once: its exact block starts the tracking
             self.record(W.detach(), 0, None)
             self.measure()

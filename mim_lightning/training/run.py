@@ -303,8 +303,7 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                 "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
                 "last_loss": None if module.last_loss is None else module.last_loss.detach().cpu(),
                 "history": history.rows, "stage1": outputs,
-                "subspace_basis": None if history.tracker is None or history.tracker.mode != "tracked"
-                else history.tracker.basis.detach().cpu()}
+                "subspace_basis": None if history.tracker is None else history.tracker.state()}
 
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
     callbacks = [history, DivergenceGuard(cfg), saver]
