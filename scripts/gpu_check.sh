@@ -2,7 +2,7 @@
 # Every GPU check and benchmark in one go, each part under its own time limit (under 8 minutes in
 # all). Run from the repository root on a machine with a CUDA build of torch and Lightning; the
 # device tool's machine lacks pydantic and google-crc32c, so carry them as wheels in .whl/ (see
-# the README's Performance section). Writes JSON to ${OUT:-docs/gpu/<date>} and prints a summary.
+# docs/performance.md, "GPU figures"). Writes JSON to ${OUT:-docs/gpu/<date>} and prints a summary.
 #   tests     tests/test_gpu.py (4 tests of two runs each)
 #   stage1    the stage-1 step against a hand-written loop at d = 1024 and 4096, fp32 and TF32
 #             (goals: framework/hand <= 1.10 at d = 4096, <= 1.5 at d = 1024)

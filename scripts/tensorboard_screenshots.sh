@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshots of TensorBoard on a sweep folder, for README.md#monitoring:
+# Screenshots of TensorBoard on a sweep folder, for docs/tensorboard.md:
 #   docs/figures/tensorboard_custom_scalars.png  CUSTOM SCALARS, runs data.alpha in {1, 4, 32}, seed 0
 #   docs/figures/tensorboard_timeseries.png      TIME SERIES, stage1/* tags, the same runs
 #   docs/figures/tensorboard_hparams.png         HPARAMS table, all 21 runs

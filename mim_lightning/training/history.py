@@ -120,7 +120,7 @@ class MetricHistory:
 
     ``log``: ``log(values, step)`` receiving replica 0's metrics, or a sequence of such callables
     (or None), one per replica. ``directions``: M's eigenvectors as columns (r, r), by |eigenvalue|
-    descending, for ``stage1/direction_mass_<k>`` (None: not logged). Tags: README.md#tensorboard.
+    descending, for ``stage1/direction_mass_<k>`` (None: not logged). Tags: docs/reference/tensorboard.md.
 
     ``rows``: the flushed history, one dict per recorded step with ``step``, ``subspace_mass`` (K,)
     and ``principal_cosines`` (K, r), ``weight_norm`` (K,) and ``loss`` (K,) or None, as lists.

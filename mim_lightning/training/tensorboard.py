@@ -5,7 +5,7 @@ as the config declares them (booleans as booleans, strings as strings) with the 
 first, Markdown text and PNG images.
 
 A ``Board`` is one TensorBoard run (one folder of event files); only rank zero writes
-(``enabled``), and nothing is created before the first write. README.md#monitoring shows the charts.
+(``enabled``), and nothing is created before the first write. docs/tensorboard.md shows the charts.
 """
 
 from __future__ import annotations
