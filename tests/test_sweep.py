@@ -378,8 +378,8 @@ def test_a_run_that_fails_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def fake_results(cfg, seed):
-    """A results dict with the fields the tables read (no training)."""
-    return {"principal_cosines": [0.9, 0.8], "spectral_principal_cosines": [0.7, 0.6],
+    """A results dict with the fields the tables read and the cache checks (no training)."""
+    return {"principal_cosines": [0.9, 0.8], "history": [{"principal_cosines": [0.9, 0.8]}], "spectral_principal_cosines": [0.7, 0.6],
             "spectral_principal_cosines_largest": [0.7, 0.6], "subspace_mass": 0.75, "test_rel_mse": 0.5,
             "direction_mass": [0.4, 0.35], "stage2_loss": 0.1, "config": cfg.model_copy(update={"seed": seed}).model_dump()}
 

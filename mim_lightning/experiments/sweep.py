@@ -92,11 +92,12 @@ def shapes_of(sweep: Sweep) -> dict[str, Shape]:
 
 
 def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None,
-              limit: bool | None = None, max_runs: int = MAX_RUNS) -> dict:
+              limit: bool | None = None, max_runs: int = MAX_RUNS, trainer=None) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
     ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM; ``limit``: draw
     the Bayes-optimal limit on the plots against data.alpha (default: ``limit_wanted``);
     ``max_runs``: a grid of more runs is refused before any is built (``grid.load_sweep``).
+    ``trainer``: who trains the runs (``execute.execute``; default: this process).
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
     sweep = load_sweep(path, overrides, max_runs)
     out = Path(out) if out is not None else default_out(path, overrides)
@@ -106,7 +107,7 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     else:
         sweep_folder.claim(out, sweep)
     echo(f"{len(sweep.runs)} runs ({len(seed_groups(sweep.runs))} group(s) of seeds) in {out / 'runs'}", err=True)
-    results, trained = execute(sweep, out, stop=stop)
+    results, trained = execute(sweep, out, stop=stop, trainer=trainer)
     rows = rows_of(sweep, results)
     done = {"sweep": sweep, "rows": rows, "results": results, "plots": [], "trained": trained}
     if not zero:
