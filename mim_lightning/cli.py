@@ -283,7 +283,7 @@ def sweep(config, overrides, out, limit, max_runs, workers, on_slurm, wait, part
     if not on_slurm and (wait or any(value is not None for value in given.values())):
         raise MimError("--wait, --partition, --time, --gpus-per-task, --cpus-per-task, --array-parallelism and --tasks"
                        " go with --slurm")
-    from mim_lightning.experiments.sweep import run_sweep
+    from mim_lightning.experiments.sweep import LIMIT_STAGE, run_sweep
     from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
 
     trainer = None
@@ -306,7 +306,12 @@ def sweep(config, overrides, out, limit, max_runs, workers, on_slurm, wait, part
             return
         except (KeyboardInterrupt, Interrupted) as exc:
             name = getattr(exc, "signal_name", None) or stop.signal_name or "SIGINT"
-            click.echo(f"\nInterrupted by {name}; {again}.", err=True)
+            if getattr(exc, "stage", None) == LIMIT_STAGE:  # the runs are done and results.csv is written
+                click.echo(f"\nInterrupted by {name} while computing {LIMIT_STAGE} for the plots; the runs are done and"
+                           " results.csv is written: run the same command again to draw the plots (--no-limit: without"
+                           " the limit)", err=True)
+            else:
+                click.echo(f"\nInterrupted by {name}; {again}.", err=True)
             sys.exit(EXIT_CODES.get(name, 130))
     if stop.signal_name is not None:  # the signal came after the last training step
         click.echo(f"Interrupted by {stop.signal_name} after the last run; {again}.", err=True)
@@ -473,8 +478,19 @@ def theory(link, r, loss, alphas, noise, as_json):
                        " (tensor quadrature); give a smaller --r or leave out --alphas")
     with components_named_by_options():
         report = jsonable(theory_report(link, r, loss))
-        if ratios is not None:
-            report["bayes_optimal"] = jsonable(bayes_optimal(link, r, ratios, noise))
+        if ratios is not None:  # a line per alpha on stderr; a signal stops it within a second
+            from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
+
+            with StopRequest() as stop:
+                try:
+                    limit = bayes_optimal(link, r, ratios, noise, echo=lambda line: click.echo(line, err=True),
+                                          stop=lambda: stop.check("the Bayes-optimal limit"))
+                except (KeyboardInterrupt, Interrupted):
+                    name = stop.signal_name or "SIGINT"
+                    click.echo(f"\nInterrupted by {name} while computing the Bayes-optimal limit; it is cached only once"
+                               " every alpha is done: run the command again for all of it", err=True)
+                    sys.exit(EXIT_CODES.get(name, 130))
+            report["bayes_optimal"] = jsonable(limit)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -12,6 +12,13 @@ os.environ.setdefault("MIM_SWEEP_LIMIT", "0")
 
 
 @pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """The Bayes-optimal limit is cached in the test's own folder (MIM_CACHE_DIR), never in the
+    user's cache folder."""
+    monkeypatch.setenv("MIM_CACHE_DIR", str(tmp_path / "mim-cache"))
+
+
+@pytest.fixture(autouse=True)
 def no_installed_plugins(monkeypatch):
     """Load no entry-point plugins (MIM_LIGHTNING_PLUGINS="") unless a test sets the variable itself;
     every test starts and ends with a freshly built registry."""

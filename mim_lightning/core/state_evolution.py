@@ -19,6 +19,7 @@ Both are deterministic quadratures (no sampling) in float64 on the CPU, for r <=
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -28,6 +29,7 @@ import torch
 from mim_lightning.errors import MimError
 
 DTYPE = torch.float64
+VERSION = 2  # of the method: raised with every change that moves its results (``method_key``)
 SPREAD = 0.5  # cell half-width in y = SPREAD h |grad_u g|; much below 0.5, y tells cells of one level set apart
 HALF_WIDTH = 5.0  # u-grids cover [-5, 5]^r (points used: |u| <= 5 + h sqrt(r) / 2)
 # Per r: (u-grid points per dimension, y-bins, finest omega spacing). A second u-grid with
@@ -39,6 +41,12 @@ RESOLUTION = {1: (201, 4096, 0.06), 2: (33, 1024, 0.5), 3: (17, 512, 1.0)}
 KAPPA = {1: 0.3, 2: 0.8, 3: 1.0}
 OMEGA_RADIUS = {1: 5.5, 2: 4.5, 3: 4.0}
 SPACINGS = (1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.09, 0.06)  # 1.4: only for ``error``
+CHUNK_POINTS = 2**16  # (omega node, u-grid point) pairs per call of ``_binned``
+# ``_jump``: extrapolate when successive steps shrink by a ratio in this range, along one direction
+JUMP_RATIOS = (0.3, 0.999)
+JUMP_ALIGNMENT = 0.1
+JUMP_AGREEMENT = 0.1
+JUMP_REACH = 0.1  # a jump at most divides 1 - max eig Q by 10
 
 
 def _check(link, r, alphas, noise) -> tuple[int, list[float], float]:
@@ -65,11 +73,25 @@ def _sqrtm(m: torch.Tensor, inverse: bool = False) -> torch.Tensor:
 
 
 def _grid(r: int, n: int) -> dict:
-    """u on the uniform grid of [-5, 5]^r with n points per dimension (spacing h, 'ij' order)."""
+    """The uniform grid of [-5, 5]^r with n points per dimension (spacing h, 'ij' order), as
+    ``_binned`` reads it: the points kept, |u| <= 5 + h sqrt(r) / 2 (``uk``, and |uk|^2 / 2); the
+    ``points`` at which it evaluates the link (the kept ones and their neighbours along each axis);
+    and per kept point the rows of ``points`` that are the point itself (``at``) and its upper and
+    lower neighbours along each axis (``up``, ``down``; the point itself at a face of the grid),
+    with their distance (``spacing``: 2h inside, h at a face): torch.gradient's differences."""
     x = torch.linspace(-HALF_WIDTH, HALF_WIDTH, n, dtype=DTYPE)
     u = torch.cartesian_prod(*[x] * r).reshape(-1, r)
     h = float(x[1] - x[0])
-    return dict(n=n, h=h, u=u, keep=((u * u).sum(1) <= (HALF_WIDTH + h * r**0.5 / 2) ** 2).nonzero()[:, 0])
+    keep = ((u * u).sum(1) <= (HALF_WIDTH + h * r**0.5 / 2) ** 2).nonzero()[:, 0]
+    coords = torch.cartesian_prod(*[torch.arange(n)] * r).reshape(-1, r)[keep]
+    strides = torch.tensor([n ** (r - 1 - d) for d in range(r)])
+    inside_up, inside_down = coords < n - 1, coords > 0
+    rows = torch.cat([keep, (keep[:, None] + strides * inside_up).flatten(), (keep[:, None] - strides * inside_down).flatten()])
+    needed, position = torch.unique(rows, return_inverse=True)
+    g = len(keep)
+    return dict(h=h, points=u[needed], uk=u[keep], half_sq=(u[keep] ** 2).sum(1) / 2, at=position[:g],
+                up=position[g:g * (r + 1)].reshape(g, r), down=position[g * (r + 1):].reshape(g, r),
+                spacing=h * (inside_up.to(DTYPE) + inside_down.to(DTYPE)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,8 +144,9 @@ def _call(link, z: torch.Tensor) -> torch.Tensor:
 
 
 def _binned(link, t, wxi, v_half, sigma, s, grid) -> tuple[torch.Tensor, float]:
-    """S = E_omega sum_b E[u 1_b | omega] E[u 1_b | omega]^T / P(b | omega) (= E[E[u|y,omega] E[u|y,omega]^T]
-    with y read in bins b) and E_omega Var(g(z) | omega) on one u-grid; t = V^{-1/2} omega at the nodes.
+    """The omega nodes' terms of S = E_omega sum_b E[u 1_b | omega] E[u 1_b | omega]^T / P(b | omega)
+    (= E[E[u|y,omega] E[u|y,omega]^T] with y read in bins b) and of E_omega Var(g(z) | omega) on one
+    u-grid: their sums weighted by ``wxi``; t = V^{-1/2} omega at the nodes.
 
     z = V^{1/2} (h m + u_i): the u-grid is shifted by the lattice point h m nearest t, so the points
     z stay on one lattice and omega enters only through the weights w_i prop. to phi(u_i - delta),
@@ -133,18 +156,21 @@ def _binned(link, t, wxi, v_half, sigma, s, grid) -> tuple[torch.Tensor, float]:
     (CIC deposit of the piecewise-linear CDF's second derivative, one cumsum) on the node's own
     ``bins`` bins over its y-range +- 5 sigma; the noise multiplies their spectrum by that of
     N(0, sigma^2). No likelihood is evaluated, so no noise is too small to resolve.
+
+    The deposit of the sums of u_i - delta is that of u_i less delta times the mass (the deposit
+    is linear); a CIC deposit of weight v at x = b + f (bins b and b + 1 get (1 - f) v and f v),
+    summed up to each bin, is A - B with A the running sum of v and B the f v deposited at b.
     """
     r, bins = s["r"], s["bins"]
-    n, h, u, keep = grid["n"], grid["h"], grid["u"], grid["keep"]
-    k_nodes = len(t)
+    h, k_nodes = grid["h"], len(t)
     shift = h * torch.round(t / h)
-    u_rel = u[keep][None] - (t - shift)[:, None, :]  # V^{-1/2} (z - omega), (K, G, r)
-    w = torch.exp(-(u_rel * u_rel).sum(-1) / 2)
+    delta = t - shift
+    w = torch.exp(delta @ grid["uk"].T - grid["half_sq"])  # phi(u - delta) up to a factor per node
     w = w / w.sum(1, keepdim=True)
-    g = _call(link, (u[None] + shift[:, None, :]) @ v_half)
-    grads = torch.gradient(g.reshape(k_nodes, *[n] * r), spacing=h, dim=tuple(range(1, r + 1)))
-    a = SPREAD * h * torch.sqrt(sum(d * d for d in grads)).reshape(k_nodes, -1)[:, keep]
-    g = g[:, keep]
+    g_all = _call(link, (grid["points"] @ v_half)[None] + (shift @ v_half)[:, None, :])
+    slopes = [(g_all[:, grid["up"][:, d]] - g_all[:, grid["down"][:, d]]) / grid["spacing"][:, d] for d in range(r)]
+    a = SPREAD * h * torch.sqrt(sum(d * d for d in slopes))
+    g = g_all[:, grid["at"]]
     mean = (g * w).sum(1)
     label_var = float(wxi @ ((g * g * w).sum(1) - mean * mean).clamp(min=0))
 
@@ -154,44 +180,53 @@ def _binned(link, t, wxi, v_half, sigma, s, grid) -> tuple[torch.Tensor, float]:
     half = (a / dy).clamp(0.5, (bins - 3) / 2)  # box half-width in bins
     centre = ((g - lo) / dy + 2).clamp(half, bins - 2 - half)
     m = w / (2 * half)  # density of the box, per bin
-    offset = (torch.arange(k_nodes) * bins)[:, None]
     ends = torch.stack([centre - half, centre + half])  # CDF'' = m (delta_lo - delta_hi), CIC-deposited
     fl = ends.floor()
-    f = ends - fl
-    idx = (fl.long()[:, None] + torch.arange(2)[None, :, None, None] + offset).flatten()
-    val = torch.stack([torch.stack([1 - f[0], f[0]]), -torch.stack([1 - f[1], f[1]])]) * m
-    dens = torch.stack(
-        [torch.bincount(idx, (val * x).flatten(), minlength=k_nodes * bins) for x in [1.0, *u_rel.unbind(-1)]]
-    )
-    p = dens.reshape(r + 1, k_nodes, bins).cumsum(-1)  # bin masses of 1 and u, per node
+    idx = (fl.long() + (torch.arange(k_nodes) * bins)[:, None]).flatten()
+    signed = torch.stack([m, -m])
+    fraction = signed * (ends - fl)
+    p = torch.stack([torch.bincount(idx, (signed * x).flatten(), minlength=k_nodes * bins).reshape(k_nodes, bins).cumsum(-1)
+                     - torch.bincount(idx, (fraction * x).flatten(), minlength=k_nodes * bins).reshape(k_nodes, bins)
+                     for x in [1.0, *grid["uk"].unbind(-1)]])  # bin masses of 1 and u, per node
 
     if sigma > 0:  # y_obs = y + sigma eps: multiply each node's spectrum by that of N(0, sigma^2)
         freq = torch.fft.rfftfreq(2 * bins, dtype=DTYPE)[None, :]
         gain = torch.exp(-((2 * math.pi * sigma / dy) * freq) ** 2 / 2)
         p = torch.fft.irfft(torch.fft.rfft(p, 2 * bins) * gain, 2 * bins)[..., :bins]
 
-    mass, num = p[0], p[1:]
+    mass, num = p[0], p[1:] - delta.T[:, :, None] * p[0]
     inv = torch.where(mass > 1e-12, 1 / mass.clamp(min=1e-12), 0.0)
     return wxi @ torch.einsum("ikb,jkb,kb->kij", num, num, inv).reshape(k_nodes, r * r), label_var
 
 
-def _moments(link, q, v, sigma, s, level, extrapolate=True) -> tuple[torch.Tensor, float]:
+def _moments(link, q, v, sigma, s, level, extrapolate=True, stop=None) -> tuple[torch.Tensor, float]:
     """S of ``_binned`` (r x r) with the omega rule of ``level``, Richardson-extrapolated
-    (4 S_h - S_2h) / 3 unless not ``extrapolate``, and E_omega Var(g(z) | omega) (grid h)."""
+    (4 S_h - S_2h) / 3 unless not ``extrapolate``, and E_omega Var(g(z) | omega) (grid h). The
+    nodes go through ``_binned`` in chunks of about CHUNK_POINTS (node, point) pairs (the arrays
+    stay in the processor's cache), ``stop()`` called before each."""
     r = s["r"]
     xi, wxi = _omega_rule(r, level, s["even"])
     t = xi @ _sqrtm(q) @ _sqrtm(v, inverse=True)
     v_half = _sqrtm(v)
-    fine, label_var = _binned(link, t, wxi, v_half, sigma, s, s["grids"][0])
-    if extrapolate:
-        fine = (4 * fine - _binned(link, t, wxi, v_half, sigma, s, s["grids"][1])[0]) / 3
+    sums = []
+    for grid in s["grids"][:2 if extrapolate else 1]:
+        size = max(1, CHUNK_POINTS // len(grid["points"]))
+        parts = []
+        for i in range(0, len(t), size):
+            if stop is not None:
+                stop()
+            parts.append(_binned(link, t[i:i + size], wxi[i:i + size], v_half, sigma, s, grid))
+        sums.append((sum(part[0] for part in parts), sum(part[1] for part in parts)))
+    (fine, label_var), coarse = sums[0], sums[1:]
+    if coarse:
+        fine = (4 * fine - coarse[0][0]) / 3
     return fine.reshape(r, r), label_var
 
 
-def _update(link, q, v, alpha, sigma, s, level, extrapolate=True):
+def _update(link, q, v, alpha, sigma, s, level, extrapolate=True, stop=None):
     """One SE step: Qhat = alpha V^{-1/2} S V^{-1/2} (made PSD); returns (Q_new, V_new, Qhat, label_var)."""
     r = s["r"]
-    m, label_var = _moments(link, q, v, sigma, s, level, extrapolate)
+    m, label_var = _moments(link, q, v, sigma, s, level, extrapolate, stop)
     vi = _sqrtm(v, inverse=True)
     qhat = alpha * vi @ m @ vi
     e, vecs = torch.linalg.eigh((qhat + qhat.T) / 2)
@@ -201,26 +236,60 @@ def _update(link, q, v, alpha, sigma, s, level, extrapolate=True):
     return qhat @ v_new, v_new, qhat, label_var
 
 
-def _iterate(link, q, v, alpha, sigma, s, tol, max_iter, damping, extrapolate=True, coarser=0):
+def _ratio(previous, step) -> float | None:
+    """rho when ``step`` = rho ``previous`` to JUMP_ALIGNMENT of its length, rho in JUMP_RATIOS
+    (the iteration converges geometrically along one direction); else None."""
+    rho = float((step * previous).sum() / (previous * previous).sum())
+    aligned = float((step - rho * previous).norm()) <= JUMP_ALIGNMENT * float(step.norm())
+    return rho if aligned and JUMP_RATIOS[0] <= rho <= JUMP_RATIOS[1] else None
+
+
+def _jump(q, step, rho, before) -> torch.Tensor | None:
+    """Aitken's extrapolation of the iteration to its limit, or None: when the steps shrink by a
+    steady ratio (the last ``rho`` within JUMP_AGREEMENT (1 - rho) of the one ``before``), the
+    steps still to come sum to rho / (1 - rho) times the last. The eigenvalues of the result are
+    kept in [0, 1 - JUMP_REACH (1 - max eig Q)] (V = I - Q stays positive definite)."""
+    if rho is None or before is None or abs(rho - before) > JUMP_AGREEMENT * (1 - rho):
+        return None
+    e, vecs = torch.linalg.eigh(q + rho / (1 - rho) * step)
+    e = e.clamp(0, 1 - JUMP_REACH * (1 - float(torch.linalg.eigvalsh(q)[-1])))
+    jumped = (vecs * e) @ vecs.T
+    return (jumped + jumped.T) / 2
+
+
+def _iterate(link, q, v, alpha, sigma, s, tol, max_iter, damping, extrapolate=True, coarser=0, stop=None):
     """Iterate Q <- (1 - damping) F(Q) + damping Q until max |Q_new - Q| < tol; the omega level
-    only ever refines along the way (so the map cannot flip between two rules)."""
-    label_var, level = float("nan"), 0
+    only ever refines along the way (so the map cannot flip between two rules). Where the steps
+    shrink geometrically along one direction, Q jumps to their limit (``_jump``; not to where the
+    omega level would refine) and the iteration goes on from there: the same stopping rule,
+    reached in far fewer steps next to a transition. ``stop()`` is called between and within the
+    steps."""
+    eye = torch.eye(s["r"], dtype=DTYPE)
+    label_var, level, previous, before = float("nan"), 0, None, None
     for it in range(1, max_iter + 1):
         level = _level(q, v, s, level)
-        q_new, v_new, _, label_var = _update(link, q, v, alpha, sigma, s, level - coarser, extrapolate)
+        q_new, v_new, _, label_var = _update(link, q, v, alpha, sigma, s, level - coarser, extrapolate, stop)
         if damping:
             q_new, v_new = (1 - damping) * q_new + damping * q, (1 - damping) * v_new + damping * v
-        delta = float((q_new - q).abs().max())
-        q, v = (q_new + q_new.T) / 2, v_new
-        if delta < tol:
+        step = (q_new + q_new.T) / 2 - q
+        q, v = q + step, v_new
+        if float(step.abs().max()) < tol:
             return q, v, it, True, label_var
+        if previous is None:  # the first step, or the first after a jump: no ratio yet
+            previous = step
+            continue
+        rho = _ratio(previous, step)
+        jumped = _jump(q, step, rho, before)
+        previous, before = step, rho
+        if jumped is not None and _level(jumped, eye - jumped, s, level) == level:
+            q, v, previous = jumped, eye - jumped, None  # the next ratio is compared with this one
     return q, v, max_iter, False, label_var
 
 
 def _inspect(link, s) -> float:
     """std g(z), z ~ N(0, I_r), on the fine u-grid (trapezoid rule); sets s["even"] when
     g(-u) = g(u) on the grid (then S(omega) is even and half the omega nodes suffice)."""
-    u = s["grids"][0]["u"][s["grids"][0]["keep"]]
+    u = s["grids"][0]["uk"]
     w = torch.exp(-(u * u).sum(1) / 2)
     w = w / w.sum()
     g, g_minus = _call(link, u), _call(link, -u)
@@ -241,9 +310,11 @@ def bayes_optimal_overlap(
     tol: float = 1e-6,
     max_iter: int = 500,
     damping: float = 0.0,
-    warm_start: bool = False,
+    warm_start: bool = True,
     error_estimate: bool = True,
     resolution: tuple[int, int, int] | None = None,
+    progress: Callable[[dict], None] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> dict:
     """Fixed points of Bayes-optimal AMP state evolution, one per alpha (module docstring):
 
@@ -251,9 +322,13 @@ def bayes_optimal_overlap(
 
     iterated from Q_0 = q0 I until max |Q_new - Q| < tol: the fixed point AMP reaches from an
     uninformed start (not the Bayes-optimal one past a first-order transition, where AMP stays on
-    the lower branch). With ``warm_start`` the alphas run in increasing order, each from the
-    previous fixed point P as P + q0 (I - P): the same fixed point for a monotone map, reached in
-    fewer steps. ``damping`` d iterates Q <- (1 - d) F(Q) + d Q.
+    the lower branch). With ``warm_start`` (the default) the alphas run in increasing order, each
+    from the previous fixed point P as P + q0 (I - P): the same fixed point for a monotone map,
+    reached in fewer steps. Where the steps shrink by a steady ratio along one direction (next to
+    a transition, thousands of steps), Q jumps to their limit (Aitken) and iterates on from there
+    (``_iterate``). ``damping`` d iterates Q <- (1 - d) F(Q) + d Q. ``progress(row)`` is called
+    as each alpha is done (its entries of the lists below); ``stop()`` before every chunk of the
+    quadrature (well under a second apart), and may raise to end the computation.
 
     ``noise`` is relative: y = g(z) + noise std(g) eps. 0 (noiseless) is allowed and accurate:
     the quadrature never evaluates the likelihood (see ``_binned``). Measured on he2 (alpha in
@@ -280,9 +355,12 @@ def bayes_optimal_overlap(
     with half the y-bins and the omega grid one step coarser: conservative (it bounded the actual
     error in every check: he2 against an independent 1-d quadrature of the exact he2 SE, actual
     <= 1e-4; sum_he2 against finer resolutions, by ~5-25x for r >= 2), large near transitions.
-    Runtime for 10 alphas with ``error`` (CPU time, one thread, on a busy 2-core machine): r = 1
-    6 s noiseless, 20 s with noise (the FFTs); r = 2 15-25 s; r = 3 3 min (sum_he2). Without
-    ``error`` about half; most of it goes to the slow iterations next to the transitions.
+    The fixed points agree with those of the plain iteration from Q_0 (the method before issue 20)
+    to ~1e-5 (tests), except right at a threshold, where the plain iteration stopped while Q still
+    crept towards its fixed point (by 2e-4 at alpha = alpha_c); these are closer to it. Runtime for
+    the 10 alphas 0.5-8 of ``scripts/bench_limit.py`` with ``error``, sum_he2, noise 0.01, 2
+    threads on a shared 2-core machine: r = 2 4 s (8x faster than the plain iteration), r = 3
+    10 s (11x); without ``error`` about half.
 
     Returns a dict with per-alpha lists ``alpha``, ``Q`` (r x r lists), ``eigenvalues`` (of Q,
     descending), ``cosines`` (principal cosines of the Bayes estimator, sqrt of those),
@@ -296,32 +374,41 @@ def bayes_optimal_overlap(
     sd = _inspect(link, s)
     sigma = noise * sd
     eye = torch.eye(r, dtype=DTYPE)
-    keys = ("alpha", "Q", "eigenvalues", "cosines", "iterations", "converged", "error", "z_mse", "label_mse")
-    out = {k: [] for k in keys}
     order = sorted(range(len(alphas)), key=lambda i: alphas[i]) if warm_start else range(len(alphas))
-    results, q_prev = {}, torch.zeros(r, r, dtype=DTYPE)
+    rows, q_prev = {}, torch.zeros(r, r, dtype=DTYPE)
     for i in order:
         q = q_prev + q0 * (eye - q_prev) if warm_start else q0 * eye
-        q, v, its, ok, label_var = _iterate(link, q, eye - q, alphas[i], sigma, s, tol, max_iter, damping)
+        q, v, its, ok, label_var = _iterate(link, q, eye - q, alphas[i], sigma, s, tol, max_iter, damping, stop=stop)
         err = float("nan")
         if error_estimate:  # from Q again, without Richardson, half the y-bins, omega grid one step coarser
             coarse = dict(s, bins=s["bins"] // 2)
-            qc = _iterate(link, q, v, alphas[i], sigma, coarse, tol, max_iter, damping, extrapolate=False, coarser=1)[0]
+            qc = _iterate(link, q, v, alphas[i], sigma, coarse, tol, max_iter, damping, extrapolate=False, coarser=1,
+                          stop=stop)[0]
             err = float((qc - q).abs().max())
-        results[i] = (q, its, ok, err, label_var)
-        q_prev = q
-    for i, a in enumerate(alphas):
-        q, its, ok, err, label_var = results[i]
         eig = torch.linalg.eigvalsh(q).flip(0).clamp(0, 1)
-        for key, val in zip(out, (a, q.tolist(), eig.tolist(), eig.sqrt().tolist(), its, ok, err,
-                                  float(r - torch.trace(q)), label_var + sigma**2)):
-            out[key].append(val)
+        rows[i] = dict(alpha=alphas[i], Q=q.tolist(), eigenvalues=eig.tolist(), cosines=eig.sqrt().tolist(),
+                       iterations=its, converged=ok, error=err, z_mse=float(r - torch.trace(q)),
+                       label_mse=label_var + sigma**2)
+        if progress is not None:
+            progress(rows[i])
+        q_prev = q
+    out = {key: [rows[i][key] for i in range(len(alphas))] for key in rows[0]}
     out.update(noise=sigma, noise_relative=noise, link_std=sd, r=r, method=(
         f"Bayes-optimal AMP state evolution from Q_0 = {q0:g} I{' (warm start)' if warm_start else ''}, tol {tol:g}, "
-        f"damping {damping:g}; deterministic quadrature: u-grids {res[0]}^{r} and {(res[0] + 1) // 2}^{r} on "
+        f"damping {damping:g}, Aitken jumps; deterministic quadrature: u-grids {res[0]}^{r} and {(res[0] + 1) // 2}^{r} on "
         f"[-5, 5]^{r} (Richardson), {res[1]} y-bins, omega trapezoid spacing 1.0 refined down to {res[2]}; "
         f"error = change without Richardson, with half the y-bins and the omega grid one step coarser"))
     return out
+
+
+def method_key(r: int) -> dict:
+    """What decides ``bayes_optimal_overlap``'s results at its default settings, besides the link,
+    the alphas and the noise: VERSION, the quadrature's and the iteration's constants for this r
+    and the keyword defaults (the key of ``analysis.limit``'s disk cache)."""
+    defaults = {name: p.default for name, p in inspect.signature(bayes_optimal_overlap).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in ("resolution", "progress", "stop")}
+    return dict(version=VERSION, resolution=RESOLUTION[r], kappa=KAPPA[r], omega_radius=OMEGA_RADIUS[r], spacings=SPACINGS,
+                spread=SPREAD, half_width=HALF_WIDTH, jump=[JUMP_RATIOS, JUMP_ALIGNMENT, JUMP_AGREEMENT, JUMP_REACH], **defaults)
 
 
 def weak_recovery_threshold(link, r: int, noise: float = 0.01, *, eps: float = 1e-5, resolution=None) -> dict:

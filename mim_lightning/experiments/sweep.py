@@ -23,6 +23,7 @@ from mim_lightning.experiments.grid import MAX_RUNS, Sweep, load_sweep
 from mim_lightning.experiments.sweep_folder import default_out
 from mim_lightning.experiments.plots import Figures, Shape, plot_sweep
 from mim_lightning.experiments.tables import rows_of, table, write_csv
+from mim_lightning.training.checkpoints import Interrupted
 
 
 def thresholds(sweep: Sweep) -> dict | None:
@@ -44,13 +45,18 @@ def limit_wanted(limit: bool | None = None) -> bool:
     return os.environ.get(LIMIT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def limits(sweep: Sweep) -> dict | None:
+LIMIT_FOLDER = "limit"  # OUT/limit/: the sweep's copy of the Bayes-optimal limits it drew (``analysis.limit_cache``)
+LIMIT_STAGE = "the Bayes-optimal limit"  # where a stop during the limit step came (``training.checkpoints.Interrupted``)
+
+
+def limits(sweep: Sweep, **options) -> dict | None:
     """{(link, r, relative noise): {"alpha": [...], "min_cosine": [...]}}: the Bayes-optimal limit
-    (d -> inf, ``analysis.limit.bayes_optimal``, memoized) at the sweep's alpha values for each
+    (d -> inf, ``analysis.limit.bayes_optimal``, cached) at the sweep's alpha values for each
     (link, r <= 3, data.noise) of its runs, when the plots' x key is data.alpha, else None. The
     noise is the runs' data.noise relative to std g (0 for noiseless data, as the runs have it); the
     limit does not depend on d, the loss or the network. A (link, r) the state evolution does not
-    cover (r > 3, a link it rejects) is left out."""
+    cover (r > 3, a link it rejects) is left out. ``options`` (folder, echo, stop) go to
+    ``bayes_optimal``."""
     if sweep.x_key != "data.alpha":
         return None
     alphas: dict[tuple, set] = {}
@@ -63,7 +69,7 @@ def limits(sweep: Sweep) -> dict | None:
             continue
         try:
             relative = noise / limits_.link_std(link, r) if noise else 0.0
-            result = limits_.bayes_optimal(link, r, tuple(sorted(values)), relative)
+            result = limits_.bayes_optimal(link, r, tuple(sorted(values)), relative, **options)
         except MimError:
             continue
         out[(link, r, relative)] = {"alpha": list(result["alpha"]),
@@ -71,9 +77,9 @@ def limits(sweep: Sweep) -> dict | None:
     return out
 
 
-def figures_of(sweep: Sweep, limit: bool | None = None) -> Figures | None:
+def figures_of(sweep: Sweep, limit: bool | None = None, **options) -> Figures | None:
     """What the sweep's figures plot (None when only seed is swept: no figures); ``limit``: with the
-    Bayes-optimal curve (``limits``; default: ``limit_wanted``)."""
+    Bayes-optimal curve (``limits``, given ``options``; default: ``limit_wanted``)."""
     x_key = sweep.x_key
     if x_key is None:
         return None
@@ -83,7 +89,7 @@ def figures_of(sweep: Sweep, limit: bool | None = None) -> Figures | None:
     return Figures(x_key=x_key, x_values=list(sweep.axes[x_key]),
                    curve_keys=[k for k in sweep.keys if k not in ("seed", x_key)],
                    n_seeds=len(sweep.axes.get("seed", [sweep.base.seed])), fixed=fixed, thresholds=thresholds(sweep),
-                   limits=limits(sweep) if limit_wanted(limit) else None)
+                   limits=limits(sweep, **options) if limit_wanted(limit) else None)
 
 
 def shapes_of(sweep: Sweep) -> dict[str, Shape]:
@@ -94,8 +100,9 @@ def shapes_of(sweep: Sweep) -> dict[str, Shape]:
 def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, echo=click.echo, stop=None,
               limit: bool | None = None, max_runs: int = MAX_RUNS, trainer=None) -> dict:
     """``mim sweep``: validate, train what is missing, write results.csv, plots and a table.
-    ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM; ``limit``: draw
-    the Bayes-optimal limit on the plots against data.alpha (default: ``limit_wanted``);
+    ``stop`` (a StopRequest) ends training at a step boundary on SIGINT / SIGTERM, and the limit
+    step within a second (Interrupted, stage LIMIT_STAGE); ``limit``: draw the Bayes-optimal limit
+    on the plots against data.alpha (default: ``limit_wanted``);
     ``max_runs``: a grid of more runs is refused before any is built (``grid.load_sweep``).
     ``trainer``: who trains the runs (``execute.execute``; default: this process).
     Returns {"sweep", "rows", "results", "plots", "trained"}."""
@@ -113,7 +120,12 @@ def run_sweep(path: str | Path, overrides=(), out: str | Path | None = None, ech
     if not zero:
         return done
     write_csv(sweep, rows, out / "results.csv")
-    done["plots"] = plots = plot_sweep(rows, shapes_of(sweep), figures_of(sweep, limit), out)
+    try:  # the limit step: cached in OUT/limit and the user's cache; a stop acts within a second
+        figures = figures_of(sweep, limit, folder=out / LIMIT_FOLDER, echo=lambda line: echo(line, err=True),
+                             stop=None if stop is None else lambda: stop.check(LIMIT_STAGE))
+    except KeyboardInterrupt:  # a second signal
+        raise Interrupted(getattr(stop, "signal_name", None) or "SIGINT", LIMIT_STAGE, None, out) from None
+    done["plots"] = plots = plot_sweep(rows, shapes_of(sweep), figures, out)
     summary = table(sweep, rows)
     board.add_figures(out, plots, summary)
     echo(summary)
