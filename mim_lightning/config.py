@@ -99,8 +99,8 @@ class Stage2Config(Section):
 
 class MetricsConfig(Section):
     every_n_steps: Int = Field(1, gt=0, le=STEPS, description="compute stage-1 metrics (top-r singular subspace of W) every k steps; the last step always")
-    subspace: Literal["tracked", "exact"] = Field("tracked", description="W's top-r singular subspace at recorded steps: exact (eigensolver) or tracked (a block of r + 16 directions carried by power iteration from one flush interval to the next, Rayleigh-Ritz at the flush; steps 0 and T1 are always exact, and every step when min(m, d) <= 128)")
-    tracking_iters: Int = Field(8, gt=0, le=10_000, description="block power iterations for each recorded step when subspace = tracked, from the block of the last step before its flush interval (the same number on every device; more follow the fast-moving first steps more closely)")
+    subspace: Literal["tracked", "exact"] = Field("tracked", description="W's top-r singular subspace at recorded steps: exact (eigensolver) or tracked (a block of r + 16 directions carried by power iteration from one flush interval to the next, Rayleigh-Ritz at the flush; steps 0 and T1 are always exact, and every step when min(m, d) <= 32)")
+    tracking_iters: Int = Field(6, gt=0, le=10_000, description="block power iterations for each recorded step when subspace = tracked, from the block of the last step before its flush interval (the same number on every device; more follow the fast-moving first steps more closely)")
     flush_every_n_steps: Int = Field(10, gt=0, le=STEPS, description="write buffered stage-1 metrics to TensorBoard every k steps (one host sync)")
 
 

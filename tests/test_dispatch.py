@@ -20,8 +20,8 @@ def counted_run(tmp_path, steps: int, *overrides) -> collections.Counter:
     return mode.ops
 
 
-SIZES = {"tracked": ["data.d=160", "model.width=160", "data.alpha=2"],   # min(m, d) > 128: the tracked block
-         "gram": ["data.d=64", "model.width=96", "data.alpha=4"],        # exact from W's Gram
+SIZES = {"tracked": ["data.d=160", "model.width=160", "data.alpha=2"],   # min(m, d) > 32: the tracked block
+         "gram": ["data.d=24", "model.width=48", "data.alpha=8"],        # exact from W's Gram
          "rowspace": ["data.d=128", "model.width=32", "data.alpha=2"]}   # exact from W W^T (m < d)
 
 

@@ -21,7 +21,7 @@ from mim_lightning.core.measures import cosines_from_overlap, frobenius, ritz_ov
 
 SNAPSHOT_BYTES = 64 * 2**20  # copies of W kept between flushes, at most (fewer slots: measured when full)
 OVERSAMPLE = 16  # directions the tracked block carries beyond r (its span converges at (s_{b+1} / s_r)^2 per iteration)
-EXACT_BELOW = 128  # min(m, d) up to this: the exact subspace from W's Gram (no tracking)
+EXACT_BELOW = 32  # min(m, d) up to this: the exact subspace from W's Gram (no tracking)
 VANISHED = 1e-30  # first-layer weights below this (float32 squares underflow) have lost the signal
 
 
