@@ -40,7 +40,7 @@ def bayes_optimal(link, r: int, alphas: tuple[float, ...], noise: float = 0.01, 
     (``limit_cache.user_folder``), read from the first that holds a valid file and copied to the
     others; any other link is computed at each call. ``echo`` (a function taking one line) hears
     where a stored result came from, or a line per alpha as it is computed; ``stop()`` is called
-    at least once a second while computing (it raises to stop). Returns a copy the caller may
+    before every chunk of the quadrature (it raises to stop). Returns a copy the caller may
     change."""
     name, fn, meta = resolve("link", link)
     r = check_r(name, r, meta)

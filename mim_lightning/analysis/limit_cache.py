@@ -6,7 +6,8 @@ A file holds ``{"key", "result", "sha256"}``, the digest taken over the key and 
 written atomically (``run_folder.write_atomic``) and checked when read: a file that is not such a
 JSON object, whose key is not the one asked for, whose digest does not match, or whose result does
 not have the shape of the key's (one entry per alpha, r x r overlaps, cosines in [0, 1]) is ignored
-with a warning and computed again. Delete the folder to clear the cache.
+with a warning, and replaced by a valid copy or a new computation. Delete the folder (or its
+bayes-optimal-*.json files) to clear the cache.
 """
 
 from __future__ import annotations

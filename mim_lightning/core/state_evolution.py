@@ -267,7 +267,9 @@ def _iterate(link, q, v, alpha, sigma, s, tol, max_iter, damping, extrapolate=Tr
     eye = torch.eye(s["r"], dtype=DTYPE)
     label_var, level, previous, before = float("nan"), 0, None, None
     for it in range(1, max_iter + 1):
-        level = _level(q, v, s, level)
+        refined = _level(q, v, s, level)
+        if refined != level:  # another map: its steps are not compared with the last ones
+            level, previous, before = refined, None, None
         q_new, v_new, _, label_var = _update(link, q, v, alpha, sigma, s, level - coarser, extrapolate, stop)
         if damping:
             q_new, v_new = (1 - damping) * q_new + damping * q, (1 - damping) * v_new + damping * v
