@@ -95,7 +95,9 @@ def main() -> None:
             print(f"  {label:6s} wall {span(wall)}, CPU {span(cpu)}; iterations {sum(its)} {its}")
         ratios = [b[0] / a[0] for b, a in zip(runs["before"], runs["after"])]
         cpu_ratios = [b[1] / a[1] for b, a in zip(runs["before"], runs["after"])]
-        print(f"  before / after: wall {span(ratios, None)}x, CPU {span(cpu_ratios, None)}x (pairs run back to back)")
+        pairs = ", ".join(f"{b[0]:.1f}/{a[0]:.1f}" for b, a in zip(runs["before"], runs["after"]))
+        print(f"  before / after: wall {span(ratios, None)}x, CPU {span(cpu_ratios, None)}x (pairs run back to back,"
+              f" wall s: {pairs})")
         print(f"  max |Q_after - Q_before| = {np.abs(q_new - q_old).max():.2g} per alpha "
               f"{np.round(np.abs(q_new - q_old).max(axis=(1, 2)), 6).tolist()}; error estimates {np.round(errors, 6).tolist()}")
         print(f"  read back from the disk cache: {span([c * 1000 for c in cached], 'ms')}")

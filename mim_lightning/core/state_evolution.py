@@ -359,10 +359,11 @@ def bayes_optimal_overlap(
     <= 1e-4; sum_he2 against finer resolutions, by ~5-25x for r >= 2), large near transitions.
     The fixed points agree with those of the plain iteration from Q_0 (the method before issue 20)
     to ~1e-5 (tests), except right at a threshold, where the plain iteration stopped while Q still
-    crept towards its fixed point (by 2e-4 at alpha = alpha_c); these are closer to it. Runtime for
-    the 10 alphas 0.5-8 of ``scripts/bench_limit.py`` with ``error``, sum_he2, noise 0.01, 2
-    threads on a shared 2-core machine: r = 2 4 s (8x faster than the plain iteration), r = 3
-    10 s (11x); without ``error`` about half.
+    crept towards its fixed point (by up to 3e-4 at alpha = alpha_c); these are closer to it.
+    Runtime for the 10 alphas 0.5-8 of ``scripts/bench_limit.py`` with ``error``, noise 0.01, 2
+    threads on a shared 2-core machine (3 runs, quiet periods): he2 (r = 1) 4.5-4.8 s, 5.0-5.5x
+    faster than the plain iteration run back to back; sum_he2 r = 2 2.9-4.4 s (7.9-9.3x); r = 3
+    8.0-12.3 s (7.5-12.2x). A loaded machine takes several times longer.
 
     Returns a dict with per-alpha lists ``alpha``, ``Q`` (r x r lists), ``eigenvalues`` (of Q,
     descending), ``cosines`` (principal cosines of the Bayes estimator, sqrt of those),
