@@ -127,9 +127,13 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
 
 
 def test_a_second_process_on_the_same_folder_is_refused(tmp_path):
-    process = start(tmp_path)
+    # Long enough that the first run is still training while the second starts (a 300-step run can
+    # finish within the second process's start-up on a fast machine).
+    process = subprocess.Popen([MIM, "train", "--out", str(tmp_path), *ARGS, "--set", "stage1.steps=1000000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(tmp_path, process)
     done = subprocess.run([MIM, "train", "--out", str(tmp_path), "--set", "seed=5"], capture_output=True, text=True)
+    assert process.poll() is None, "the first run ended before the second process was checked"
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
     assert done.returncode == 1 and "in use by another mim process" in done.stderr
