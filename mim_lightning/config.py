@@ -157,7 +157,7 @@ class TrainerConfig(Section):
 class BaselineConfig(Section):
     spectral: Literal["auto", "dense", "matrix_free", "off"] = Field("auto", description="spectral baseline: dense (form Sigmahat, d x d, and diagonalise it), matrix_free (block Krylov with thick restarts on v -> Sigmahat v in streaming passes, memory O(d r): at most 17 blocks of d x 32 per replica), off, or auto (dense up to d = 4096)")
 
-    uncentred: Bool = Field(True, description="with stage1.center, also compute the baseline without centring (T(y) instead of T(y) - mean T): a second eigendecomposition when dense; matrix-free, solved together with the centred one from the same passes over the data")
+    uncentred: Bool = Field(True, description="with stage1.center, also compute the baseline without centring (T(y) instead of T(y) - mean T; results.json spectral_estimators.uncentred): a second eigendecomposition when dense; matrix-free, solved together with the centred one from the same passes over the data")
 
 
 class Config(Section):

@@ -63,9 +63,8 @@ def table(results_csv, config):
         bo_min = [cos[-1] for cos in bo["cosines"]]
         a_bo = limit.alpha_at_cosine(alphas, bo_min, LEVEL)
         net = limit.alpha_at_cosine(*mean_curve(ok, "min_principal_cosine"), LEVEL)
-        spectral = {name: limit.alpha_at_cosine(*mean_curve(ok, column), LEVEL)
-                    for name, column in (("centred", "spectral_min_principal_cosine"),
-                                         ("uncentred", "spectral_uncentred_min_principal_cosine"))}
+        spectral = {name: limit.alpha_at_cosine(*mean_curve(ok, f"spectral_{name}_magnitude_min_principal_cosine"), LEVEL)
+                    for name in ("centred", "uncentred")}
         reached = {k: v for k, v in spectral.items() if v is not None}
         which = min(reached, key=reached.get) if reached else None
         ratio = (lambda a: a / a_bo if a is not None and a_bo else None)

@@ -50,7 +50,7 @@ def run(args, baseline: str) -> dict:
            "stored_d1_gib": 4 * cfg.n1 * (args.d + 1) / 2**30,
            "principal_cosines": results["principal_cosines"],
            "spectral_principal_cosines": results["spectral_principal_cosines"],
-           "spectral_principal_cosines_uncentred": results["spectral_principal_cosines_uncentred"]}
+           "spectral_estimators": results["spectral_estimators"]}
     if torch.cuda.is_available() and args.accelerator == "gpu":
         row["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
@@ -82,8 +82,8 @@ def main() -> None:
         rows.append(run(args, "dense"))
         free, dense = rows[0], rows[1]
         rows[0]["max_cosine_difference_to_dense"] = max(
-            abs(a - b) for key in ("spectral_principal_cosines", "spectral_principal_cosines_uncentred")
-            if free[key] is not None for a, b in zip(free[key], dense[key], strict=True))
+            abs(a - b) for prep, by_order in free["spectral_estimators"].items() for order, cosines in by_order.items()
+            for a, b in zip(cosines, dense["spectral_estimators"][prep][order], strict=True))
     print(json.dumps(rows, indent=2))
     Path(args.json).write_text(json.dumps(rows, indent=2))
 

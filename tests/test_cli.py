@@ -46,8 +46,12 @@ def test_train_writes_the_contract(tmp_path):
     assert [h["step"] for h in results["history"]] == [0, 1, 2, 3, 4]
     assert set(results["timings"]) == {"stage1", "stage1_steps", "baseline", "stage2"}
     assert sum(results["direction_mass"]) == pytest.approx(results["subspace_mass"], rel=1e-4)
-    assert results["spectral_order"] == "magnitude"
-    assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_magnitude"]
+    family = results["spectral_estimators"]   # centred (the default) and uncentred, three rankings each
+    assert set(family) == {"centred", "uncentred"} and all(set(f) == {"magnitude", "largest", "smallest"}
+                                                           for f in family.values())
+    prep, order = results["spectral_estimator"].split(", ")
+    assert results["spectral_principal_cosines"] == family[prep][order]
+    assert min(results["spectral_principal_cosines"]) == max(min(c) for f in family.values() for c in f.values())
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert resolved["stage1"]["steps"] == 4 and resolved["data"]["d"] == 32
     assert Config.model_validate(resolved) == Config.model_validate(results["config"])
@@ -157,13 +161,17 @@ def test_hparams_and_final_metrics_reach_tensorboard(tmp_path):
     assert events.PluginTagToContent("hparams")  # the HParams entry: config -> final metrics
 
 
-def test_spectral_baseline_follows_the_sign_structure_of_the_network(tmp_path):
-    """Pairs amplify both signs (|eigenvalue|); all a_j = +1 with eta1 beta1 < 1 the largest."""
-    result = run("train", "--out", tmp_path, *sets(TINY), *sets(["model.signs=positive", "stage1.weight_decay=0"]))
+def test_the_spectral_baseline_is_the_strongest_estimator_of_its_family(tmp_path):
+    """Without centring there is one preprocessing, T(y): its three rankings, the best reported."""
+    result = run("train", "--out", tmp_path, *sets(TINY), *sets(["stage1.center=false", "data.alpha=12"]))
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["spectral_order"] == "largest"
-    assert results["spectral_principal_cosines"] == results["spectral_principal_cosines_largest"]
+    family = results["spectral_estimators"]
+    assert list(family) == ["uncentred"]
+    best = max(family["uncentred"].items(), key=lambda item: (min(item[1]), sum(item[1])))
+    assert results["spectral_estimator"] == f"uncentred, {best[0]}"
+    assert results["spectral_principal_cosines"] == best[1]
+    assert f"(strongest: uncentred, {best[0]})" in result.output
 
 
 def test_signal_handlers_are_restored_after_runs_in_process(tmp_path):

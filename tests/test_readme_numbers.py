@@ -37,9 +37,9 @@ def console_blocks(command: str) -> dict[Path, list[str]]:
 
 
 def sweep_table(lines: list[str]) -> list[str]:
-    """The table of means: from its header (it starts with the first swept key) to '(means over seeds)'."""
+    """The table of means: from its header (it starts with the first swept key) to the note that starts "(means over seeds"."""
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["data.alpha"])
-    end = next(i for i, line in enumerate(lines) if line.strip() == "(means over seeds)")
+    end = next(i for i, line in enumerate(lines) if line.strip().startswith("(means over seeds"))
     return [line.rstrip() for line in lines[start:end + 1]]
 
 

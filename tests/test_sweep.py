@@ -29,7 +29,8 @@ from helpers import TINY
 BASE = {"data": {"d": 32, "alpha2": 8, "n_test": 512}, "model": {"width": 32}, "stage1": {"steps": 3}}
 COLUMNS = ["data.alpha", "seed", "min_principal_cosine", "mean_principal_cosine", "subspace_mass", "test_rel_mse",
            "spectral_min_principal_cosine", "spectral_mean_principal_cosine", "spectral_subspace_mass",
-           "spectral_largest_min_principal_cosine", "spectral_uncentred_min_principal_cosine",
+           "spectral_estimator", *(f"spectral_{prep}_{order}_min_principal_cosine" for prep in ("centred", "uncentred")
+                                   for order in ("magnitude", "largest", "smallest")),
            "weakest_eigenspace_mass_per_dim", "stage1_unbounded_fraction", "stage2_loss", "status", "run"]
 PLOTS = ["min_principal_cosine.png", "subspace_mass.png", "test_rel_mse.png"]  # sum_he2: M = -2 I, no weakest eigenspace
 
@@ -91,8 +92,13 @@ def test_sweep_writes_csv_plots_and_table(swept):
         folder = out / "runs" / row["run"]
         results = json.loads((folder / "results.json").read_text())
         assert float(row["min_principal_cosine"]) == min(results["principal_cosines"])
-        assert float(row["spectral_uncentred_min_principal_cosine"]) == min(results["spectral_principal_cosines_uncentred"])
-        assert row["spectral_uncentred_min_principal_cosine"] != row["spectral_min_principal_cosine"]  # centred (default)
+        for prep, by_order in results["spectral_estimators"].items():   # centred (the default) and uncentred
+            for order, cosines in by_order.items():
+                assert float(row[f"spectral_{prep}_{order}_min_principal_cosine"]) == min(cosines)
+        assert row["spectral_estimator"] == results["spectral_estimator"]
+        assert float(row["spectral_min_principal_cosine"]) == max(
+            float(row[f"spectral_{p}_{o}_min_principal_cosine"]) for p in ("centred", "uncentred")
+            for o in ("magnitude", "largest", "smallest"))
         assert float(row["stage1_unbounded_fraction"]) == results["stage1_unbounded_fraction"] == 0.0  # huber
         assert results["config"]["seed"] == int(row["seed"])
         assert results["config"]["data"]["alpha"] == float(row["data.alpha"])
@@ -105,7 +111,7 @@ def test_sweep_writes_csv_plots_and_table(swept):
     assert not (out / "weakest_eigenspace_mass_per_dim.png").exists()
     assert "sweep: 0 of 4 runs cached, training 4" in output  # the progress bar's label off a terminal
     assert "means over seeds" in output and "sweep: 4/4 runs (0 cached, 4 trained in" in output
-    assert "spectral  uncentred" in output  # stage 1 centres: the table shows the baseline both ways
+    assert "spectral: each run's strongest spectral estimator" in output
 
 
 def test_rerun_trains_nothing(swept, monkeypatch):
@@ -143,8 +149,11 @@ def test_batched_group_equals_separate_runs(swept, tmp_path):
         batched = json.loads((out / "runs" / row["run"] / "results.json").read_text())
         cfg = load_config(out / "runs" / row["run"] / "config.yaml")
         alone = runner.train_replicas(cfg, tmp_path / row["seed"], [cfg.seed])[0]
-        for field in ("principal_cosines", "spectral_principal_cosines", "spectral_principal_cosines_largest"):
+        for field in ("principal_cosines", "spectral_principal_cosines"):
             assert alone[field] == pytest.approx(batched[field], abs=1e-5)
+        for prep, by_order in batched["spectral_estimators"].items():
+            for order, cosines in by_order.items():
+                assert alone["spectral_estimators"][prep][order] == pytest.approx(cosines, abs=1e-5)
         for field in ("subspace_mass", "test_rel_mse", "stage2_loss"):
             assert alone[field] == pytest.approx(batched[field], abs=1e-5)
         assert alone["config"] == batched["config"]
@@ -266,121 +275,22 @@ def test_failed_runs_are_marked_and_the_baseline_stays():
     assert any("3 failed run(s)" in text.get_text() for text in ax.get_legend().get_texts())
 
 
-def test_the_uncentred_baseline_is_drawn_where_it_differs():
-    res = {"principal_cosines": [0.8, 0.9], "spectral_principal_cosines": [0.6, 0.7],
-           "spectral_principal_cosines_uncentred": [0.65, 0.7], "stage1_unbounded_fraction": 0.07}
+def test_the_strongest_spectral_estimator_is_drawn():
+    res = {"principal_cosines": [0.8, 0.9], "spectral_principal_cosines": [0.65, 0.7], "spectral_estimator": "uncentred, largest",
+           "spectral_estimators": {"centred": {"magnitude": [0.6, 0.7]}, "uncentred": {"largest": [0.65, 0.7]}},
+           "stage1_unbounded_fraction": 0.07}
     row = tables.metrics_of(res)
-    assert row["spectral_uncentred_min_principal_cosine"] == 0.65 and row["stage1_unbounded_fraction"] == 0.07
-    plain = {**res, "spectral_principal_cosines_uncentred": [0.6, 0.7]}  # stage1.center=false: the same baseline
-    rows = [{"variant": v, "data.alpha": a, **tables.metrics_of(r), "status": "ok", "run": "k"}
-            for v, r in [("centred", res), ("plain", plain)] for a in (1, 2)]
-    spec = plots.Figures("data.alpha", [1, 2], ["variant"])
-    figs = plots.figures(rows, {"k": plots.Shape(16, 2, "sum_he2")}, spec)
-    assert lines(figs["min_principal_cosine"], "uncentred") == {"uncentred:variant=centred": ([1, 2], [0.65, 0.65])}
-    assert lines(figs["subspace_mass"], "uncentred") == {}
-    (ax,) = figs["min_principal_cosine"].axes
-    assert any("uncentred" in text.get_text() for text in ax.get_legend().get_texts())
-    sweep = grids.Sweep(base=None, axes={"variant": ["centred", "plain"], "data.alpha": [1, 2]})
-    assert "uncentred" in tables.table(sweep, rows).splitlines()[0]
-    assert "uncentred" not in tables.table(sweep, rows[2:]).splitlines()[0]
-
-
-def test_legends_are_outside_the_axes(swept):
-    figs, _ = swept_figures(swept[0])
-    for fig in figs.values():
-        (ax,) = fig.axes
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        renderer = canvas.get_renderer()
-        legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
-        assert legend.x0 >= axes.x1  # right of the axes: never over the data
-
-
-def test_run_key_is_a_content_hash():
-    a = load_config(None, [*TINY, "data.alpha=2"])
-    assert grids.run_key(a) == grids.run_key(load_config(None, [*TINY, "data.alpha=2.0"]))
-    assert grids.run_key(a) != grids.run_key(load_config(None, [*TINY, "data.alpha=2", "seed=1"]))
-    # the formula of every earlier version: cached sweep folders stay valid
-    dumped = json.dumps(a.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    assert grids.run_key(a) == hashlib.sha256(dumped.encode()).hexdigest()[:16]
-
-
-@pytest.mark.parametrize("grid, message", [
-    ({"data.alpah": [1, 2]}, "sweep key 'data.alpah' is not a config key (did you mean 'data.alpha'?)"),
-    ({"data.alpha": 4}, "sweep key 'data.alpha' must map to a list of values"),
-    ({"data.alpha": []}, "sweep key 'data.alpha' has an empty list of values"),
-    ({"data.alpha": [1, -2]}, "sweep data.alpha = -2: config key 'data.alpha': Input should be greater than 0"),
-    ({"data.alpha": [1, 1]}, "sweep key 'data.alpha' lists the value 1 twice"),
-    ({"data.d": [1, 32], "data.r": [1, 2]}, "sweep run data.d=1, data.r=2: invalid config: data.r = 2 must be <= data.d = 1"),
-    ({"data.link": ["sum_he2", "nope"]}, "sweep run data.link='nope': data.link: unknown link 'nope'"),
-    ([1, 2], "'sweep' must be a non-empty mapping"),
-    ({"data": 3}, "sweep key 'data' is a section, not a config key"),
-    ({"variant": [{"stage1.joint": True}]}, "sweep variant {'stage1.joint': True} needs a 'name'"),
-    ({"variant": [{"name": "a"}, {"name": "a"}]}, "sweep variant name 'a' is used twice"),
-    ({"variant": [{"name": "x", "stage1.jiont": True}]}, "sweep variant 'x': 'stage1.jiont' is not a config key"),
-    ({"variant": [{"name": "x", "data.d": -1}]}, "sweep variant = 'x': config key 'data.d'"),
-    ({"variant": "joint"}, "sweep 'variant' must be a non-empty list of mappings"),
-])
-def test_bad_sweep_files_get_one_line(tmp_path, grid, message):
-    path = write_sweep(tmp_path / "bad.yaml", grid)
-    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert lines[0].startswith("Error: ") and message in lines[0], lines[0]
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_file_without_sweep_is_refused(tmp_path):
-    path = tmp_path / "plain.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    result = CliRunner().invoke(main, ["sweep", str(path)])
-    assert result.exit_code != 0 and "has no 'sweep:' mapping" in result.output
-
-
-def test_variants_are_named_bundles_of_overrides(tmp_path):
-    grid = {"variant": [{"name": "layer-wise"}, {"name": "no-rescale", "stage2": {"rescale": False}},
-                        {"name": "joint", "stage1.joint": True, "stage1.lr": 0.5}],
-            "data.alpha": [8], "seed": [0]}
-    path = write_sweep(tmp_path / "ablations.yaml", grid)
-    result = invoke(path, "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    rows = read_csv(tmp_path / "out" / "results.csv")
-    assert [row["variant"] for row in rows] == ["layer-wise", "no-rescale", "joint"]
-    configs = {row["variant"]: yaml.safe_load((tmp_path / "out" / "runs" / row["run"] / "config.yaml").read_text())
-               for row in rows}
-    assert configs["no-rescale"]["stage2"]["rescale"] is False and configs["layer-wise"]["stage2"]["rescale"] is True
-    assert configs["joint"]["stage1"]["joint"] is True and configs["joint"]["stage1"]["lr"] == 0.5
-    assert rows[2]["stage2_loss"] == ""  # the joint ablation has no stage 2
-    written = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["sweep"]
-    assert written["variant"][1] == {"name": "no-rescale", "stage2.rescale": False}
-
-
-def test_a_run_that_fails_is_recorded_and_the_sweep_goes_on(tmp_path):
-    grid = {"stage1.lr": [0.001, 1e6], "seed": [0]}
-    path = write_sweep(tmp_path / "diverge.yaml", grid, stage1={"steps": 40, "weight_decay": 0.0, "loss": "squared"},
-                       model={"width": 32, "init_scale": 1.0})
-    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("Warning: sweep run stage1.lr=1000000.0")]
-    assert len(warnings) == 1 and "stage 1 diverged" in warnings[0]
-    assert "1 of 2 runs failed" in result.output
-    rows = read_csv(tmp_path / "out" / "results.csv")
-    assert [row["status"] == "ok" for row in rows] == [True, False]
-    assert rows[1]["min_principal_cosine"] == "" and "diverged" in rows[1]["status"]
-    status = RunFolder(tmp_path / "out" / "runs" / rows[1]["run"]).status()
-    assert status == {"status": "failed", "message": rows[1]["status"], "final": True}
-    assert len(list((tmp_path / "out" / "runs").glob("*/results.json"))) == 1
-    assert not list((tmp_path / "out" / "runs").glob("*/failed.json"))
-    again = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
-    assert "Warning: sweep run" not in again.output and "2/2 runs (2 cached" in again.output  # failures cached
+    assert row["spectral_uncentred_largest_min_principal_cosine"] == 0.65 and row["stage1_unbounded_fraction"] == 0.07
+    assert row["spectral_centred_magnitude_min_principal_cosine"] == 0.6 and row["spectral_min_principal_cosine"] == 0.65
+    rows = [{"data.alpha": a, **row, "status": "ok", "run": "k"} for a in (1, 2)]
+    figs = plots.figures(rows, {"k": plots.Shape(16, 2, "sum_he2")}, plots.Figures("data.alpha", [1, 2], []))
+    assert lines(figs["min_principal_cosine"], "spectral") == {"spectral:network": ([1, 2], [0.65, 0.65])}
 
 
 def fake_results(cfg, seed):
     """A results dict with the fields the tables read and the cache checks (no training)."""
     return {"principal_cosines": [0.9, 0.8], "history": [{"principal_cosines": [0.9, 0.8]}], "spectral_principal_cosines": [0.7, 0.6],
-            "spectral_principal_cosines_largest": [0.7, 0.6], "subspace_mass": 0.75, "test_rel_mse": 0.5,
+            "spectral_estimator": "centred, magnitude", "spectral_estimators": {"centred": {"magnitude": [0.7, 0.6]}}, "subspace_mass": 0.75, "test_rel_mse": 0.5,
             "direction_mass": [0.4, 0.35], "stage2_loss": 0.1, "config": cfg.model_copy(update={"seed": seed}).model_dump()}
 
 

@@ -9,6 +9,7 @@ from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.plugins.builtins.links import z1z2
 from mim_lightning.errors import MimError
 from mim_lightning.training.run import build, run_stage1, run_stage2
+from mim_lightning.training.stages import Stage1Module
 
 from helpers import tiny_config
 
@@ -33,6 +34,32 @@ def test_one_stage1_step_is_power_iteration(signs):
     eta, beta = 0.7, 0.4
     want = (1 - eta * beta) * W0.double() - eta * a.double()[:, None] * (W0.double() @ sigma)
     assert torch.allclose(network.W.detach()[0].double(), want, rtol=1e-4, atol=1e-11)
+
+
+def test_stage1_logs_the_objective_it_descends():
+    """With centring and weight decay the logged loss is (1/n) sum [loss(f, y) + mean(T) f] +
+    (beta1 / 2) |W|_F^2 at the weights before the step, and a small step lowers it."""
+    cfg = tiny_config("stage1.steps=1", "stage1.lr=0.01", "stage1.weight_decay=0.3", "model.init_scale=0.5",
+                      "stage1.loss=squared")
+    components, dm, network = build(cfg)
+    x, y = dm.tensors["d1"]
+    yd = y[0].double()
+
+    def objective() -> float:   # squared loss: loss(t, y) = (t - y)^2 / 2, T(y) = y, mean(T) = mean(y)
+        with torch.no_grad():
+            f = network(x)[0].double()
+            return ((0.5 * (f - yd).square() + yd.mean() * f).mean()
+                    + 0.15 * network.W.detach()[0].double().square().sum()).item()
+
+    before = objective()
+    shift = torch.full((1,), yd.mean().item())
+    module = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), 1, lambda t: t, shift, dm.U)
+    module.select_trained()
+    optimizer = module.configure_optimizers()
+    module.training_step((x, y), 0).backward()
+    module.finish_step(optimizer)
+    assert module.last_loss[0].item() == pytest.approx(before, rel=1e-5)
+    assert objective() < before
 
 
 def test_chunked_full_batch_equals_one_chunk():

@@ -144,7 +144,7 @@ def run_summary(results: dict) -> str:
     cos = ", ".join(f"{c:.3f}" for c in results["principal_cosines"])
     spectral = results["spectral_principal_cosines"]
     spec = "off" if spectral is None else (", ".join(f"{c:.3f}" for c in spectral)
-                                           + f"  (top-r by {results.get('spectral_order', 'magnitude')})")
+                                           + f"  (strongest: {results['spectral_estimator']})")
     return (
         f"principal cosines   {cos}\n"
         f"spectral baseline   {spec}\n"

@@ -1,12 +1,11 @@
 """The PNG figures of a sweep (matplotlib, no pyplot): one figure per metric against the x key;
 mean over seeds with the min-max band, one curve per combination of the other swept keys, the
-spectral baseline dashed in the same colour, failed runs marked, the chance level of the plotted
-quantity dotted, alpha_c dash-dotted; on the smallest principal cosine also the uncentred spectral
-baseline (T(y) instead of T(y) - mean(T)), dotted in the curve's colour, where it differs, and
-against data.alpha the Bayes-optimal limit's smallest cosine (d -> inf), thin solid with open markers.
+strongest spectral estimator dashed in the same colour, failed runs marked, the chance level of the
+plotted quantity dotted, alpha_c dash-dotted, and against data.alpha the Bayes-optimal limit's
+smallest cosine (d -> inf), thin solid with open markers.
 
 Takes rows (dicts of results.csv columns) and plain parameters; knows nothing of the grid. The
-artists carry a gid (``network:<curve>``, ``spectral:<curve>``, ``uncentred:<curve>``, ``failed:<curve>``, ``chance``,
+artists carry a gid (``network:<curve>``, ``spectral:<curve>``, ``failed:<curve>``, ``chance``,
 ``alpha_c:<link>:<r>``, ``bayes:<link>:<r>``) so that what a figure shows can be read back from it.
 """
 
@@ -58,14 +57,12 @@ class Metric:
     ylabel: str
     chance: str  # kind of chance level (see ``reference``)
     optional: bool = False  # left out when no run has a value (the metric does not apply)
-    uncentred: str | None = None  # the uncentred spectral baseline's column, drawn where it differs
 
 
 #: file stem -> what it plots
 METRICS = {
     "min_principal_cosine": Metric("min_principal_cosine", "spectral_min_principal_cosine",
-                                   "smallest principal cosine", "min_cosine",
-                                   uncentred="spectral_uncentred_min_principal_cosine"),
+                                   "smallest principal cosine", "min_cosine"),
     "subspace_mass": Metric("subspace_mass", "spectral_subspace_mass", "subspace mass |W U^T|_F^2 / |W|_F^2", "mass"),
     "test_rel_mse": Metric("test_rel_mse", None, "test MSE / Var(y)", "mse"),
     "weakest_eigenspace_mass_per_dim": Metric(
@@ -133,7 +130,7 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     fig = Figure(figsize=(10, 4.8), dpi=120)
     ax = fig.add_subplot()
-    handles, refs, failed, uncentred = [], {}, 0, False
+    handles, refs, failed = [], {}, 0
     for i, (values, group) in enumerate(curves):
         color = colors[i % len(colors)]
         name = _label(spec.curve_keys, values) or "network"
@@ -148,13 +145,6 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
         if metric.spectral:  # from the data, not the network: shown wherever a run recorded it
             sx, smean = _finite(x, [[_stats(p[1], metric.spectral)[0] for p in points]])
             ax.plot(sx, smean, "--s", color=color, lw=1.4, ms=3, mfc="none", gid=f"spectral:{name}")
-        if metric.uncentred:  # the baseline without centring, where some run centred (it differs)
-            differs = any(row.get(metric.uncentred) is not None and row.get(metric.uncentred) != row.get(metric.spectral)
-                          for row in group)
-            if differs:
-                ux, umean = _finite(x, [[_stats(p[1], metric.uncentred)[0] for p in points]])
-                ax.plot(ux, umean, ":^", color=color, lw=1.6, ms=3.5, mfc="none", gid=f"uncentred:{name}")
-                uncentred = True
         bad = [(xi, sum(row["status"] != "ok" for row in p[1]), len(p[1])) for xi, p in zip(x, points, strict=True)]
         bad = [b for b in bad if b[1]]
         if bad:  # failed runs: an x at the bottom of the axes, "k/n" when k of the point's n seeds failed
@@ -179,12 +169,8 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
     handles.append(Line2D([], [], color="0.45", ls=":", lw=1.2, label=REFERENCE_LABEL[metric.chance] + value))
     if metric.spectral:
         handles.append(Line2D([], [], color="0.2", ls="--", marker="s", ms=3, mfc="none", lw=1.4,
-                              label=("spectral baseline (same D1, T(y) - mean(T) as stage 1)" if uncentred
-                                     else "spectral baseline (same D1)") if metric.chance == "min_cosine"
-                              else "spectral baseline: mass of its r eigenvectors"))
-    if uncentred:
-        handles.append(Line2D([], [], color="0.2", ls=":", marker="^", ms=3.5, mfc="none", lw=1.6,
-                              label="spectral baseline, uncentred: T(y), not T(y) - mean(T)"))
+                              label="strongest spectral estimator (same D1; centred or not, 3 rankings)"
+                              if metric.chance == "min_cosine" else "strongest spectral estimator: mass of its r eigenvectors"))
     if spec.n_seeds > 1:
         handles.append(Patch(color="0.2", alpha=0.18, label=f"min-max over {spec.n_seeds} seeds (line: mean)"))
     if failed:

@@ -28,8 +28,9 @@ METRICS = [
     "spectral_min_principal_cosine",
     "spectral_mean_principal_cosine",
     "spectral_subspace_mass",
-    "spectral_largest_min_principal_cosine",
-    "spectral_uncentred_min_principal_cosine",
+    "spectral_estimator",
+    *(f"spectral_{prep}_{order}_min_principal_cosine" for prep in ("centred", "uncentred")
+      for order in ("magnitude", "largest", "smallest")),
     "weakest_eigenspace_mass_per_dim",
     "stage1_unbounded_fraction",
     "stage2_loss",
@@ -72,8 +73,7 @@ def metrics_of(results: dict, weakest: tuple[int, ...] | None = None) -> dict[st
     single one, the column stays empty)."""
     cos = results.get("principal_cosines")
     spec = results.get("spectral_principal_cosines")
-    largest = results.get("spectral_principal_cosines_largest")
-    uncentred = results.get("spectral_principal_cosines_uncentred")
+    family = results.get("spectral_estimators") or {}
     mass = results.get("direction_mass")
     return {
         "min_principal_cosine": min(cos) if cos else None,
@@ -84,9 +84,10 @@ def metrics_of(results: dict, weakest: tuple[int, ...] | None = None) -> dict[st
         "spectral_mean_principal_cosine": sum(spec) / len(spec) if spec else None,
         # the subspace mass of the estimator's r orthonormal eigenvectors: the mean squared cosine
         "spectral_subspace_mass": sum(c * c for c in spec) / len(spec) if spec else None,
-        "spectral_largest_min_principal_cosine": min(largest) if largest else None,
-        # the baseline with T(y) instead of T(y) - mean(T) (equal to the above when stage 1 does not centre)
-        "spectral_uncentred_min_principal_cosine": min(uncentred) if uncentred else None,
+        # which member of the spectral family is the strongest (spectral_*: its numbers), and each member
+        "spectral_estimator": results.get("spectral_estimator"),
+        **{f"spectral_{prep}_{order}_min_principal_cosine": min(cosines)
+           for prep, by_order in family.items() for order, cosines in by_order.items()},
         # weight per dimension in the eigenspace of M with the smallest |eigenvalue|: 0 is collapse
         "weakest_eigenspace_mass_per_dim": (sum(mass[i] for i in weakest) / len(weakest)
                                             if mass and weakest else None),
@@ -141,24 +142,13 @@ def mean_cell(values: list, fmt: str) -> str:
     return fmt.format(sum(done) / len(done)) if done else "-"
 
 
-UNCENTRED = ("spectral_uncentred_min_principal_cosine", "uncentred", "{:.3f}")
-
-
-def centred_baseline_differs(rows: list[dict]) -> bool:
-    """Whether some run's uncentred spectral baseline differs from its (centred) reported one."""
-    return any(row.get(UNCENTRED[0]) is not None and row.get(UNCENTRED[0]) != row.get("spectral_min_principal_cosine")
-               for row in rows)
-
-
 def table(sweep: Sweep, rows: list[dict]) -> str:
     """Means over seeds, one line per combination of the other swept keys (a 'failed' column when
-    some runs failed: the means are over the others; an 'uncentred' column, the spectral baseline
-    with T(y) instead of T(y) - mean(T), when some run centred stage 1)."""
+    some runs failed: the means are over the others); 'spectral' is the strongest spectral estimator
+    of each run."""
     keys = [k for k in sweep.keys if k != "seed"]
     failures = any(row["status"] != "ok" for row in rows)
     shown = list(TABLE)
-    if centred_baseline_differs(rows):
-        shown.insert(2, UNCENTRED)
     head = [*keys, "seeds", *(["failed"] if failures else []), *(label for _, label, _ in shown)]
     body = []
     for values, group in grouped(rows, keys):
@@ -169,5 +159,6 @@ def table(sweep: Sweep, rows: list[dict]) -> str:
         body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
-    note = "means over seeds" if "seed" in sweep.keys else ""
-    return "\n".join(lines) + (f"\n({note})" if note else "")
+    notes = ["means over seeds"] if "seed" in sweep.keys else []
+    notes.append("spectral: each run's strongest spectral estimator, results.csv names it")
+    return "\n".join(lines) + f"\n({'; '.join(notes)})"

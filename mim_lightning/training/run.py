@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from mim_lightning.analysis.assumptions import check_components
-from mim_lightning.analysis.report import jsonable, markdown_table, violations, warning_line
+from mim_lightning.analysis.report import jsonable, violations, warning_line
 from mim_lightning.analysis.theory import population_matrix
 from mim_lightning.config import Config
-from mim_lightning.core.chance import mass_per_dimension, median_min_cosine, subspace_mass
 from mim_lightning.core.measures import direction_mass
 from mim_lightning.core.network import TwoLayerNetwork
 from mim_lightning.core.spectral import matrix_free_cosines, mean_preprocessing, spectral_cosines, unbounded_fraction
@@ -37,9 +36,10 @@ from mim_lightning.training.memory import available_memory, check_run_memory, ru
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
-from mim_lightning.training.tensorboard import Board, hparam_infos, hparam_values
+from mim_lightning.training.results import replica_results, spectral_family
+from mim_lightning.training.run_logs import log_final, log_references, log_start
+from mim_lightning.training.tensorboard import Board
 
-SPECTRAL_ORDER = {"pairs": "magnitude", "positive": "largest", "negative": "smallest"}
 DENSE_MAX_D = 4096  # baseline.spectral = auto: the dense eigensolver up to this d
 
 
@@ -346,7 +346,7 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
                         "unbounded_fraction": baselines["unbounded_fraction"].tolist(),
                         "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
         for k, board in enumerate(boards):
-            log_references(board, cfg, baselines["spectral"], k)
+            log_references(board, cfg, spectral_family(outputs, k, cfg.stage1.center), k)
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
                                       state if state is not None and state["stage"] == "stage2" else None,
@@ -359,67 +359,3 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
     for board, replica in zip(boards, results):
         log_final(board, cfg, replica)
     return results
-
-
-def log_start(board: Board, cfg: Config, trial: str, assumptions, experiment: bool) -> None:
-    """A replica's TensorBoard header: its HParams session (typed config values, trial id), the
-    CUSTOM SCALARS layout, the assumption report (TEXT) and, with ``experiment``, the HParams
-    experiment (the columns: defining keys first, then the final metrics)."""
-    if experiment:
-        board.experiment(hparam_infos())
-    board.session_start(hparam_values(cfg), trial)
-    board.layout()
-    if assumptions:
-        board.text("assumptions", markdown_table(assumptions), "The assumption checks of the run's link, "
-                   "stage-1 loss and activation (`mim check`; docs/theory.md#assumptions).")
-
-
-def log_references(board: Board, cfg: Config, spectral: dict, k: int) -> None:
-    """Replica k's reference series, constant at steps 0 and T1: the spectral baseline's smallest
-    principal cosine and the chance levels of the cosine and the masses."""
-    d, r = cfg.data.d, cfg.data.r
-    values = {"stage1/principal_cosine_min_chance": median_min_cosine(d, r),
-              "stage1/subspace_mass_chance": subspace_mass(d, r), "stage1/direction_mass_chance": mass_per_dimension(d)}
-    ordered = spectral.get(SPECTRAL_ORDER[cfg.model.signs])
-    if ordered is not None:
-        values["stage1/principal_cosine_min_spectral"] = float(ordered[k].min())
-    board.constant(values, (0, cfg.stage1.steps))
-
-
-def log_final(board: Board, cfg: Config, results: dict) -> None:
-    """A replica's final metrics (constant at steps 0 and T1; the HParams metrics) and the end of
-    its HParams session."""
-    final_metrics = {
-        "final/min_principal_cosine": min(results["principal_cosines"]),
-        "final/subspace_mass": results["subspace_mass"],
-        "final/test_rel_mse": results["test_rel_mse"],
-    }
-    if results["spectral_principal_cosines"] is not None:
-        final_metrics["final/spectral_min_principal_cosine"] = min(results["spectral_principal_cosines"])
-    board.constant(final_metrics, (0, cfg.stage1.steps))
-    board.session_end()
-
-
-def replica_results(cfg: Config, k: int, outputs: dict, stage2_loss, test_rel_mse, assumptions, timings) -> dict:
-    """The results.json fields of replica k (spectral fields None when baseline.spectral = off)."""
-    final = outputs["history"][-1]
-    spectral = {order: cosines[k] for order, cosines in outputs["spectral"].items()}
-    uncentred = {order: cosines[k] for order, cosines in outputs["spectral_uncentred"].items()}
-    return {
-        "principal_cosines": final["principal_cosines"][k],
-        "subspace_mass": final["subspace_mass"][k],
-        "test_rel_mse": float(test_rel_mse[k]),
-        "spectral_principal_cosines": spectral.get(SPECTRAL_ORDER[cfg.model.signs]),
-        "spectral_order": SPECTRAL_ORDER[cfg.model.signs],
-        "spectral_principal_cosines_magnitude": spectral.get("magnitude"),
-        "spectral_principal_cosines_largest": spectral.get("largest"),
-        "spectral_principal_cosines_uncentred": uncentred.get(SPECTRAL_ORDER[cfg.model.signs]),
-        "stage1_unbounded_fraction": outputs["unbounded_fraction"][k],
-        "direction_mass": outputs["direction_mass"][k],
-        "stage2_loss": None if stage2_loss is None else float(stage2_loss[k]),
-        "config": cfg.model_dump(),
-        "assumptions": assumptions if assumptions is not None else [],
-        "timings": timings,
-        "history": [{"step": h["step"], "subspace_mass": h["subspace_mass"][k],
-                     "principal_cosines": h["principal_cosines"][k]} for h in outputs["history"]],
-    }

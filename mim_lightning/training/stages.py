@@ -92,15 +92,18 @@ class Stage1Module(_FullBatchModule):
         """One chunk's share of the full-batch objective (the loop differentiates it)."""
         x, y = batch
         f = self.network(x)
-        per_sample = self.loss(f, y)
+        per_sample = self.loss(f, y) + self.shift.unsqueeze(-1) * f
         self.accumulate_loss(per_sample)
-        objective = (per_sample + self.shift.unsqueeze(-1) * f).sum() * self.scale
-        return self.differentiable(objective, "stage1.loss", self.cfg.stage1.loss)
+        return self.differentiable(per_sample.sum() * self.scale, "stage1.loss", self.cfg.stage1.loss)
 
     def finish_step(self, optimizer) -> None:
+        """The step, and ``last_loss``: the objective it descended, at the weights before it,
+        (1/n) sum_i [loss(f(x_i), y_i) + shift f(x_i)] + (beta1 / 2) |W|_F^2 per replica (SGD's
+        weight decay is the gradient of the last term)."""
+        penalty = 0.5 * self.cfg.stage1.weight_decay * self.network.W.detach().square().sum((1, 2), dtype=torch.float64)
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
-        self.last_loss = self.pass_mean_loss()
+        self.last_loss = self.pass_mean_loss() + penalty
 
 
 class Stage2Module(_FullBatchModule):
