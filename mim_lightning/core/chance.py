@@ -49,7 +49,7 @@ def median_min_cosine(d: int, r: int, draws: int = DRAWS, seed: int = 0) -> floa
     return float(np.median(np.sqrt(np.clip(squared, 0.0, 1.0))))
 
 
-def subspace_mass(d: int, r: int) -> float:
+def chance_subspace_mass(d: int, r: int) -> float:
     """E |W P_U|_F^2 / |W|_F^2 for random (rotation-invariant) W: exactly r / d."""
     return r / d
 

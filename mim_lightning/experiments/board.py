@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mim_lightning.config import all_keys, flatten
 from mim_lightning.experiments.grid import Run, Sweep
-from mim_lightning.experiments.plots import METRICS
+from mim_lightning.experiments.plots import FIGURES
 from mim_lightning.training.run_folder import remove_event_files
 from mim_lightning.training.tensorboard import Board, hparam_infos
 
@@ -77,7 +77,7 @@ def add_figures(out: Path, plots: list[Path], table: str) -> None:
     ``DIR/tensorboard/sweep/``."""
     board = Board(Path(out) / FOLDER / SUMMARY)
     for path in plots:
-        metric = METRICS.get(path.stem)
+        metric = FIGURES.get(path.stem)
         what = metric.ylabel if metric is not None else path.stem
         board.image(f"sweep/{path.stem}", path.read_bytes(),
                     f"{what} against the swept key ({path.name} in the sweep folder): mean over seeds with the "

@@ -60,7 +60,7 @@ class Metric:
 
 
 #: file stem -> what it plots
-METRICS = {
+FIGURES = {
     "min_principal_cosine": Metric("min_principal_cosine", "spectral_min_principal_cosine",
                                    "smallest principal cosine", "min_cosine"),
     "subspace_mass": Metric("subspace_mass", "spectral_subspace_mass", "subspace mass |W U^T|_F^2 / |W|_F^2", "mass"),
@@ -84,7 +84,7 @@ def reference(kind: str, d: int, r: int) -> float:
     """The chance level of the plotted quantity (see ``chance``)."""
     if kind == "min_cosine":
         return chance.median_min_cosine(d, r)
-    return {"mass": chance.subspace_mass(d, r), "mass_per_dim": chance.mass_per_dimension(d), "mse": 1.0}[kind]
+    return {"mass": chance.chance_subspace_mass(d, r), "mass_per_dim": chance.mass_per_dimension(d), "mse": 1.0}[kind]
 
 
 def _numeric(values) -> bool:
@@ -114,7 +114,7 @@ def figures(rows: list[dict], shapes: dict[str, Shape], spec: Figures) -> dict[s
     and ``run``); ``shapes`` gives each run's (d, r, link) by its key. A metric that applies to no
     run (an optional one without values) has no figure."""
     out = {}
-    for stem, metric in METRICS.items():
+    for stem, metric in FIGURES.items():
         if metric.optional and all(row.get(metric.column) is None for row in rows):
             continue
         out[stem] = figure(rows, shapes, spec, metric)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mim_lightning.experiments.grid import Sweep
 
 #: the results.csv columns after the varied keys (``status`` and ``run`` are last)
-METRICS = [
+CSV_METRICS = [
     "min_principal_cosine",
     "mean_principal_cosine",
     "subspace_mass",
@@ -113,7 +113,7 @@ def rows_of(sweep: Sweep, results: dict[str, dict]) -> list[dict]:
 
 
 def columns(sweep: Sweep) -> list[str]:
-    return [*sweep.keys, *METRICS, "status", "run"]
+    return [*sweep.keys, *CSV_METRICS, "status", "run"]
 
 
 def write_csv(sweep: Sweep, rows: list[dict], path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mim_lightning.analysis.report import markdown_table
 from mim_lightning.config import Config
-from mim_lightning.core.chance import mass_per_dimension, median_min_cosine, subspace_mass
+from mim_lightning.core.chance import chance_subspace_mass, mass_per_dimension, median_min_cosine
 from mim_lightning.training.results import strongest
 from mim_lightning.training.tensorboard import Board, hparam_infos, hparam_values
 
@@ -29,7 +29,7 @@ def log_references(board: Board, cfg: Config, family: dict, k: int) -> None:
     cosine and the masses."""
     d, r = cfg.data.d, cfg.data.r
     values = {"stage1/principal_cosine_min_chance": median_min_cosine(d, r),
-              "stage1/subspace_mass_chance": subspace_mass(d, r), "stage1/direction_mass_chance": mass_per_dimension(d)}
+              "stage1/subspace_mass_chance": chance_subspace_mass(d, r), "stage1/direction_mass_chance": mass_per_dimension(d)}
     _, best = strongest(family)
     if best is not None:
         values["stage1/principal_cosine_min_spectral"] = min(best)
