@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from numpy.polynomial.hermite_e import hermegauss
 
-from mim_lightning.core.contracts import autograd_derivative, link_values, loss_slope_at_zero, loss_values
+from mim_lightning.core.contracts import autograd_derivative, link_values, loss_values
 from mim_lightning.core.limits import MAX_R
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.manager import get_registry
@@ -126,11 +126,6 @@ def loss_derivatives(name: str, fn: Callable, t: torch.Tensor, y: torch.Tensor, 
             d2 = autograd_derivative("loss", name, d1, t, "t (second derivative)")
         d2 = torch.zeros_like(t) if d2 is None else d2
         return d1.detach(), d2.detach()
-
-
-def loss_slopes_at_zero(name: str, fn: Callable, y: torch.Tensor) -> torch.Tensor:
-    """loss'(0, y) in float64, checked finite (``core.contracts.loss_slope_at_zero``)."""
-    return loss_slope_at_zero(name, fn, y.detach().to(DTYPE))
 
 
 @functools.lru_cache(maxsize=16)

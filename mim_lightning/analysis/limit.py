@@ -14,8 +14,8 @@ from mim_lightning.analysis import limit_cache
 from mim_lightning.analysis.common import check_r, memoize, resolve
 from mim_lightning.config import BIG, LARGE
 from mim_lightning.config_yaml import short
-from mim_lightning.core.state_evolution import (RESOLUTION, _check, _inspect, _setup, bayes_optimal_overlap,
-                                                 method_key)
+from mim_lightning.core import state_evolution
+from mim_lightning.core.state_evolution import bayes_optimal_overlap, check_inputs, method_key
 from mim_lightning.errors import MimError
 from mim_lightning.plugins.manager import get_registry
 
@@ -46,7 +46,7 @@ def bayes_optimal(link, r: int, alphas: tuple[float, ...], noise: float = 0.01, 
     r = check_r(name, r, meta)
     if r > MAX_LIMIT_R:
         raise MimError(f"the Bayes-optimal state evolution covers r <= {MAX_LIMIT_R} (tensor quadrature), got r = {r}")
-    _, alphas, noise = _check(fn, r, alphas, noise)  # MimError naming a bad alpha or noise
+    _, alphas, noise = check_inputs(fn, r, alphas, noise)  # MimError naming a bad alpha or noise
     say = echo or (lambda line: None)
     what = f"Bayes-optimal limit of {name} (r = {r}, noise {noise:g}) at {len(alphas)} alpha(s)"
 
@@ -103,7 +103,7 @@ def link_std(link, r: int) -> float:
     r = check_r(name, r, meta)
     if r > MAX_LIMIT_R:
         raise MimError(f"the Bayes-optimal state evolution covers r <= {MAX_LIMIT_R} (tensor quadrature), got r = {r}")
-    return _inspect(fn, _setup(r, RESOLUTION[r]))
+    return state_evolution.link_std(fn, r)
 
 
 def alpha_at_cosine(alphas, cosines, level: float = 0.5) -> float | None:

@@ -18,17 +18,17 @@ from mim_lightning.analysis.common import (
     check_r,
     eval_link,
     gauss_hermite,
-    loss_slopes_at_zero,
     memoize,
     resolve,
 )
+from mim_lightning.core.contracts import loss_slope_at_zero
 
 def _quadrature_moments(link, loss, n: int, r: int) -> tuple[np.ndarray, float]:
     """(M, E[loss'(0, y)]) by the n^r Gauss-Hermite rule."""
     (lname, lfn), (fname, ffn) = link, loss
     z, w = gauss_hermite(n, r)
     y = eval_link(lname, lfn, z)
-    a = w * loss_slopes_at_zero(fname, ffn, y)
+    a = w * loss_slope_at_zero(fname, ffn, y)
     iso = a.sum()
     m = torch.einsum("n,ni,nj->ij", a, z, z) - iso * torch.eye(r, dtype=DTYPE)
     return m.numpy(), float(iso)
@@ -45,7 +45,7 @@ def _qmc_moments(link, loss, r: int, n_points: int = QMC_POINTS, replicates: int
         u = torch.quasirandom.SobolEngine(r, scramble=True, seed=seed * 1009 + k).draw(n_points, dtype=DTYPE)
         z = torch.special.ndtri(u.clamp(1e-16, 1 - 1e-16))
         y = eval_link(lname, lfn, z)
-        lp = loss_slopes_at_zero(fname, ffn, y)
+        lp = loss_slope_at_zero(fname, ffn, y)
         ms.append((torch.einsum("n,ni,nj->ij", lp, z, z) / n_points - lp.mean() * eye).numpy())
         isos.append(float(lp.mean()))
     ms, isos = np.stack(ms), np.asarray(isos)

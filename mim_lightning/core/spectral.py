@@ -7,16 +7,14 @@ from typing import Callable
 
 import torch
 
+from mim_lightning.core.contracts import loss_slope_at_zero
 from mim_lightning.core.matrix_free import top_eigenpairs_matrix_free
 from mim_lightning.core.measures import principal_cosines
 
 
-def label_preprocessing(loss: Callable, y: torch.Tensor) -> torch.Tensor:
-    """T(y) = -d/dt loss(t, y) at t = 0, by autograd (elementwise, same shape as y)."""
-    with torch.enable_grad():
-        t = torch.zeros_like(y, requires_grad=True)
-        (grad,) = torch.autograd.grad(loss(t, y).sum(), t)
-    return -grad.detach()
+def label_preprocessing(loss: Callable, y: torch.Tensor, name: str = "stage1.loss") -> torch.Tensor:
+    """T(y) = -loss'(0, y), elementwise (``core.contracts.loss_slope_at_zero``, checked finite)."""
+    return -loss_slope_at_zero(name, loss, y)
 
 
 def label_weighted_covariance(chunks, weight: Callable, n: int, reduce: Callable) -> torch.Tensor:

@@ -12,8 +12,7 @@ Linearised at Q = 0 this is Qhat = alpha E_y[G(y) Q G(y)], G(y) = E[z z^T - I | 
 recovery starts at alpha_c = 1 / (top eigenvalue of M -> E_y[G M G]).
 
 ``bayes_optimal_overlap`` iterates this to its fixed points (Q, principal cosines sqrt(eig Q),
-Bayes-optimal test error); ``weak_recovery_threshold`` computes alpha_c from the linearisation.
-Both are deterministic quadratures (no sampling) in float64 on the CPU, for r <= 3.
+Bayes-optimal test error), a deterministic quadrature (no sampling) in float64 on the CPU, for r <= 3.
 """
 
 from __future__ import annotations
@@ -49,7 +48,8 @@ JUMP_AGREEMENT = 0.1
 JUMP_REACH = 0.1  # a jump at most divides 1 - max eig Q by 10
 
 
-def _check(link, r, alphas, noise) -> tuple[int, list[float], float]:
+def check_inputs(link, r, alphas, noise) -> tuple[int, list[float], float]:
+    """(r, alphas, noise) as int, floats and float, or a MimError naming the bad input."""
     if not callable(link):
         raise MimError(f"link must be a callable g(z) on tensors of shape (..., r), got {type(link).__name__}")
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 3:
@@ -288,6 +288,12 @@ def _iterate(link, q, v, alpha, sigma, s, tol, max_iter, damping, extrapolate=Tr
     return q, v, max_iter, False, label_var
 
 
+def link_std(link, r: int) -> float:
+    """std g(z), z ~ N(0, I_r), by the quadrature ``bayes_optimal_overlap`` uses at its default
+    resolution (the scale of its relative noise)."""
+    return _inspect(link, _setup(r, RESOLUTION[r]))
+
+
 def _inspect(link, s) -> float:
     """std g(z), z ~ N(0, I_r), on the fine u-grid (trapezoid rule); sets s["even"] when
     g(-u) = g(u) on the grid (then S(omega) is even and half the omega nodes suffice)."""
@@ -371,7 +377,7 @@ def bayes_optimal_overlap(
     ``label_mse`` (Bayes-optimal test error E[(y - E[y | x, data])^2] = E_omega Var(g(z) | omega)
     + noise^2); and ``noise`` (absolute), ``noise_relative``, ``link_std``, ``r``, ``method``.
     """
-    r, alphas, noise = _check(link, r, alphas, noise)
+    r, alphas, noise = check_inputs(link, r, alphas, noise)
     res = tuple(resolution) if resolution is not None else RESOLUTION[r]
     s = _setup(r, res)
     sd = _inspect(link, s)
@@ -412,32 +418,3 @@ def method_key(r: int) -> dict:
                 if p.kind is p.KEYWORD_ONLY and name not in ("resolution", "progress", "stop")}
     return dict(version=VERSION, resolution=RESOLUTION[r], kappa=KAPPA[r], omega_radius=OMEGA_RADIUS[r], spacings=SPACINGS,
                 spread=SPREAD, half_width=HALF_WIDTH, jump=[JUMP_RATIOS, JUMP_ALIGNMENT, JUMP_AGREEMENT, JUMP_REACH], **defaults)
-
-
-def weak_recovery_threshold(link, r: int, noise: float = 0.01, *, eps: float = 1e-5, resolution=None) -> dict:
-    """The weak-recovery threshold of the state evolution at this (relative) noise, from its
-    linearisation at Q = 0: Qhat(eps M) / (alpha eps) -> L(M) = E_y[G(y) M G(y)], G(y) = E[z z^T - I | y]
-    (M on the PSD basis e_k e_k^T, (e_k + e_l)(e_k + e_l)^T), alpha_c = 1 / (top eigenvalue of L);
-    0 when Qhat(0) != 0 (E[z | y] != 0: a linear part is seen at any alpha). Same quadrature as
-    ``bayes_optimal_overlap`` (omega spacing 1.0); noiseless error vs the exact alpha_c: he2 0.03%,
-    sum_he2 and z1z2 (r = 2) 0.3%, sum_he2 (r = 3) 2.3%, always above it (the quadrature loses a
-    little information). Returns ``alpha_c``, ``top``, ``noise`` (absolute), ``noise_relative``."""
-    r, _, noise = _check(link, r, [1.0], noise)
-    s = _setup(r, tuple(resolution) if resolution is not None else RESOLUTION[r])
-    sigma = noise * _inspect(link, s)
-    eye = torch.eye(r, dtype=DTYPE)
-
-    def qhat(m):
-        return _update(link, eps * m, eye - eps * m, 1.0, sigma, s, 1)[2]
-
-    base = qhat(torch.zeros(r, r, dtype=DTYPE))
-    if float(torch.linalg.eigvalsh(base).max()) > 10 * eps:  # first-order signal: recovery at any alpha
-        return dict(alpha_c=0.0, top=math.inf, noise=sigma, noise_relative=noise)
-    pairs = [(k, k) for k in range(r)] + [(k, l) for k in range(r) for l in range(k + 1, r)]
-    diag = [qhat(torch.outer(eye[k], eye[k])) / eps for k in range(r)]
-    cols = []
-    for k, l in pairs:
-        img = diag[k] if k == l else qhat(torch.outer(eye[k] + eye[l], eye[k] + eye[l])) / eps - diag[k] - diag[l]
-        cols.append([float(img[i, j]) for i, j in pairs])  # coordinates of L(E_kl + E_lk) (or E_kk)
-    top = float(np.max(np.linalg.eigvals(np.array(cols).T).real))
-    return dict(alpha_c=1 / top if top > 0 else math.inf, top=top, noise=sigma, noise_relative=noise)
