@@ -59,12 +59,25 @@ def test_train_writes_the_contract(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    for tag in ("stage1/subspace_mass", "stage1/principal_cosine_1", "stage1/principal_cosine_2", "stage1/loss"):
+    for tag in ("stage1/subspace_mass", "stage1/principal_cosine_1", "stage1/principal_cosine_2",
+                "stage1/principal_cosine_min", "stage1/loss", "stage1/loss_change", "stage2/loss"):
         assert tag in scalars
     assert [e.step for e in events.Scalars("stage1/subspace_mass")] == [0, 1, 2, 3, 4]
     assert [e.step for e in events.Scalars("stage1/loss")] == [1, 2, 3, 4]
-    assert "stage2/loss" in scalars
     assert events.Scalars("stage1/subspace_mass")[-1].value == pytest.approx(results["subspace_mass"], rel=1e-6)
+    assert events.Scalars("stage1/principal_cosine_min")[-1].value == pytest.approx(
+        min(results["principal_cosines"]), rel=1e-6)
+    losses = [e.value for e in events.Scalars("stage1/loss")]
+    changes = [e.value for e in events.Scalars("stage1/loss_change")]
+    assert changes[0] == 0.0
+    for loss, change in zip(losses, changes):   # relative to the first loss; rounding (< 2^-24) reads 0
+        relative = (loss - losses[0]) / abs(losses[0])
+        assert change == 0.0 if abs(relative) < 2 ** -24 else change == pytest.approx(relative, rel=1e-3, abs=1e-6)
+    # the reference lines span stage 1; the final metrics are single points at T1
+    assert [e.step for e in events.Scalars("stage1_reference/principal_cosine_min_spectral")] == [0, 4]
+    assert events.Scalars("stage1_reference/principal_cosine_min_spectral")[0].value == pytest.approx(
+        min(results["spectral_principal_cosines"]), rel=1e-6)
+    assert [e.step for e in events.Scalars("summary/min_principal_cosine")] == [4]
 
 
 def test_metrics_every_k_steps(tmp_path):
@@ -155,10 +168,25 @@ def test_readme_documents_every_key_and_ci_runs_its_test_command():
 def test_hparams_and_final_metrics_reach_tensorboard(tmp_path):
     result = run("train", "--out", tmp_path, *sets(TINY))
     assert result.exit_code == 0, result.output
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    results = json.loads((tmp_path / "results.json").read_text())
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert "final/test_rel_mse" in events.Tags()["scalars"]
-    assert events.PluginTagToContent("hparams")  # the HParams entry: config -> final metrics
+    (point,) = events.Scalars("summary/test_rel_mse")   # one point, at T1, the value of results.json
+    assert point.step == results["config"]["stage1"]["steps"]
+    assert point.value == pytest.approx(results["test_rel_mse"], rel=1e-6)
+    content = events.PluginTagToContent("hparams")  # the HParams entry: config -> final metrics
+    experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+    assert [m.name.tag for m in experiment.metric_infos][:3] == [
+        "summary/min_principal_cosine", "summary/subspace_mass", "summary/test_rel_mse"]
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.group_name == tmp_path.name   # the trial id
+    # integers as their digits (TensorBoard prints numbers as 32.000), floats as numbers, booleans as booleans
+    assert start.hparams["data.d"].WhichOneof("kind") == "string_value" and start.hparams["data.d"].string_value == "32"
+    assert start.hparams["seed"].string_value == str(results["config"]["seed"])
+    assert start.hparams["data.alpha"].number_value == results["config"]["data"]["alpha"]
+    assert start.hparams["stage1.center"].WhichOneof("kind") == "bool_value"
 
 
 def test_the_spectral_baseline_is_the_strongest_estimator_of_its_family(tmp_path):

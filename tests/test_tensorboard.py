@@ -1,6 +1,7 @@
 """A sweep in a real TensorBoard server: one run per seed with a readable name, the described tags,
 the reference series, the custom-scalars layout, typed HParams sessions and the sweep's figures,
-read back through TensorBoard's HTTP data API."""
+read back through TensorBoard's HTTP data API; the run names of sweeps (numbered, kept across grids,
+distinct between sweeps)."""
 
 import json
 import socket
@@ -15,12 +16,14 @@ import pytest
 import yaml
 
 from mim_lightning.core.chance import median_min_cosine
+from mim_lightning.experiments import board
+from mim_lightning.experiments.grid import Run, Sweep
 from mim_lightning.experiments.sweep import run_sweep
-
-pytestmark = pytest.mark.slow  # a server subprocess
+from mim_lightning.training.tensorboard import LAYOUT, describe
 
 BASE = {"data": {"d": 32, "alpha2": 8, "n_test": 512}, "model": {"width": 32}, "stage1": {"steps": 3}}
-NAMES = ["data.alpha=4,seed=0", "data.alpha=4,seed=1", "data.alpha=8,seed=0", "data.alpha=8,seed=1"]
+NAMES = ["out-001_data.alpha=4,seed=0", "out-002_data.alpha=4,seed=1", "out-003_data.alpha=8,seed=0",
+         "out-004_data.alpha=8,seed=1"]
 RUNS = {f"tensorboard/{name}" for name in NAMES}
 SUMMARY = "tensorboard/sweep"
 STARTUP_SECONDS = 25
@@ -51,6 +54,41 @@ class Server:
             return json.loads(response.read())
 
 
+def fake_runs(values: list[dict]) -> Sweep:
+    """A sweep of runs with these swept values (keys from the values; no configs: naming needs none)."""
+    runs = [Run(values=v, cfg=None, key=f"{i:016x}") for i, v in enumerate(values)]
+    return Sweep(base=None, axes={k: [] for k in values[0]}, runs=runs)
+
+
+def test_run_names_are_numbered_in_grid_order_and_kept(tmp_path):
+    first = fake_runs([{"data.alpha": a} for a in (0.5, 1, 2, 16)])
+    names = board.name_runs(first, tmp_path / "sweep_alpha")
+    assert list(names.values()) == ["sweep_alpha-001_data.alpha=0.5", "sweep_alpha-002_data.alpha=1",
+                                    "sweep_alpha-003_data.alpha=2", "sweep_alpha-004_data.alpha=16"]
+    assert sorted(names.values()) == list(names.values())   # string order is grid order
+    assert board.run_board(tmp_path / "sweep_alpha", first.runs[3]).name == "sweep_alpha-004_data.alpha=16"
+    # a grid that drops a run and adds one: named runs keep their names, the new one comes after
+    second = fake_runs([{"data.alpha": a} for a in (0.5, 1, 2, 16, 32)])
+    second.runs = second.runs[1:]
+    again = board.name_runs(second, tmp_path / "sweep_alpha")
+    assert again[second.runs[0].key] == "sweep_alpha-002_data.alpha=1"
+    assert again[second.runs[-1].key] == "sweep_alpha-005_data.alpha=32"
+    # another sweep folder under the same log folder: other names (HParams trial ids do not collide)
+    other = board.name_runs(first, tmp_path / "sweep_beta")
+    assert set(other.values()).isdisjoint(names.values())
+
+
+def test_every_layout_chart_and_tag_pattern_is_described():
+    for charts in LAYOUT.values():
+        for tags in charts.values():
+            for pattern in tags:
+                example = pattern.strip("^$").replace(r"\d+", "2")
+                assert len(describe(example)) > 40, pattern
+
+
+slow = pytest.mark.slow   # the tests below start a tensorboard server subprocess
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A 2 x 2 sweep (data.alpha x seed) at d = 32: (its folder, {run name: results dict})."""
@@ -58,8 +96,7 @@ def sweep(tmp_path_factory):
     path = root / "tb.yaml"
     path.write_text(yaml.safe_dump({**BASE, "sweep": {"data.alpha": [4, 8], "seed": [0, 1]}}, sort_keys=False))
     done = run_sweep(path, out=root / "out", echo=lambda *a, **k: None)
-    results = {f"data.alpha={run.values['data.alpha']},seed={run.values['seed']}": done["results"][run.key]
-               for run in done["sweep"].runs}
+    results = {name: done["results"][run.key] for name, run in zip(NAMES, done["sweep"].runs, strict=True)}
     return root / "out", results
 
 
@@ -98,18 +135,21 @@ def server(sweep):
             process.wait()
 
 
+@slow
 def test_one_readable_run_per_seed(server):
     assert sorted(server.get("/data/runs")) == sorted(RUNS | {SUMMARY})
 
 
+@slow
 def test_every_stage1_tag_is_there_and_described(server):
     tags = server.get("/data/plugin/scalars/tags")
-    expected = {"stage1/principal_cosine_1", "stage1/principal_cosine_2", "stage1/principal_cosine_min_spectral",
-                "stage1/principal_cosine_min_chance", "stage1/subspace_mass", "stage1/subspace_mass_chance",
-                "stage1/direction_mass_1", "stage1/direction_mass_2", "stage1/direction_mass_chance",
-                "stage1/log10_weight_norm", "stage1/weight_growth", "stage1/loss", "stage1/loss_change", "stage2/loss",
-                "final/min_principal_cosine", "final/subspace_mass", "final/test_rel_mse",
-                "final/spectral_min_principal_cosine"}
+    expected = {"stage1/principal_cosine_1", "stage1/principal_cosine_2", "stage1/principal_cosine_min",
+                "stage1_reference/principal_cosine_min_spectral", "stage1_reference/principal_cosine_min_chance",
+                "stage1/subspace_mass", "stage1_reference/subspace_mass_chance", "stage1/direction_mass_1",
+                "stage1/direction_mass_2", "stage1_reference/direction_mass_chance", "stage1/log10_weight_norm",
+                "stage1/weight_growth", "stage1/loss", "stage1/loss_change", "stage2/loss",
+                "summary/min_principal_cosine", "summary/subspace_mass", "summary/test_rel_mse",
+                "summary/spectral_min_principal_cosine"}
     for run in RUNS:
         assert set(tags[run]) == expected, run
         for tag, info in tags[run].items():
@@ -120,6 +160,7 @@ def values(server, run, tag):
     return [(step, value) for _, step, value in server.get("/data/plugin/scalars/scalars", run=run, tag=tag)]
 
 
+@slow
 def test_series_are_per_replica_and_the_references_are_constant(server, sweep):
     _, results = sweep
     chance = median_min_cosine(32, 2)
@@ -129,31 +170,41 @@ def test_series_are_per_replica_and_the_references_are_constant(server, sweep):
         assert values(server, run, "stage1/subspace_mass")[-1][1] == pytest.approx(mine["subspace_mass"], rel=1e-6)
         cosines = [values(server, run, f"stage1/principal_cosine_{k}")[-1][1] for k in (1, 2)]
         assert cosines == pytest.approx(mine["principal_cosines"], rel=1e-6)
-        assert values(server, run, "stage1/principal_cosine_min_chance") == [(0, pytest.approx(chance)),
-                                                                              (3, pytest.approx(chance))]
+        assert [v for _, v in values(server, run, "stage1/principal_cosine_min")] == pytest.approx(
+            [v for _, v in values(server, run, "stage1/principal_cosine_2")])
+        # the references: lines from step 0 to T1
+        assert values(server, run, "stage1_reference/principal_cosine_min_chance") == [(0, pytest.approx(chance)),
+                                                                                        (3, pytest.approx(chance))]
         spectral = min(mine["spectral_principal_cosines"])
-        assert values(server, run, "stage1/principal_cosine_min_spectral") == [(0, pytest.approx(spectral)),
-                                                                                (3, pytest.approx(spectral))]
-        assert [v for _, v in values(server, run, "stage1/subspace_mass_chance")] == pytest.approx([2 / 32] * 2)
-        assert [v for _, v in values(server, run, "final/test_rel_mse")] == pytest.approx([mine["test_rel_mse"]] * 2)
+        assert values(server, run, "stage1_reference/principal_cosine_min_spectral") == [
+            (0, pytest.approx(spectral)), (3, pytest.approx(spectral))]
+        assert [v for _, v in values(server, run, "stage1_reference/subspace_mass_chance")] == pytest.approx([2 / 32] * 2)
+        # the final metrics: one point at T1
+        assert values(server, run, "summary/test_rel_mse") == [(3, pytest.approx(mine["test_rel_mse"], rel=1e-6))]
         assert values(server, run, "stage1/loss_change")[0] == (1, 0.0)
         growth = [v for _, v in values(server, run, "stage1/weight_growth")]
         norms = [v for _, v in values(server, run, "stage1/log10_weight_norm")]
         assert growth == pytest.approx([10 ** (b - a) for a, b in zip(norms, norms[1:])], rel=1e-4)
     # the replicas of a batched group are different runs
-    assert values(server, "tensorboard/data.alpha=4,seed=0", "stage1/subspace_mass") != \
-        values(server, "tensorboard/data.alpha=4,seed=1", "stage1/subspace_mass")
+    assert values(server, f"tensorboard/{NAMES[0]}", "stage1/subspace_mass") != \
+        values(server, f"tensorboard/{NAMES[1]}", "stage1/subspace_mass")
 
 
-def test_custom_scalars_draw_the_cosines_with_their_references(server):
+@slow
+def test_custom_scalars_draw_each_quantity_with_its_references(server):
     layout = server.get("/data/plugin/custom_scalars/layout")
+    assert [category["title"] for category in layout["category"]][0] == "stage 1: recovery of span U"
     charts = {chart["title"]: chart["multiline"]["tag"] for category in layout["category"] for chart in category["chart"]}
-    cosines = charts["principal cosines (network, spectral baseline, chance)"]
-    assert cosines == [r"^stage1/principal_cosine_\d+$", "^stage1/principal_cosine_min_spectral$",
-                       "^stage1/principal_cosine_min_chance$"]
-    assert any("mass" in title for title in charts) and any("loss" in title for title in charts)
+    assert list(charts)[0] == "smallest principal cosine: network, spectral baseline, chance"
+    assert charts["smallest principal cosine: network, spectral baseline, chance"] == [
+        "^stage1/principal_cosine_min$", "^stage1_reference/principal_cosine_min_spectral$",
+        "^stage1_reference/principal_cosine_min_chance$"]
+    assert charts["subspace mass: network, chance r/d"] == ["^stage1/subspace_mass$",
+                                                            "^stage1_reference/subspace_mass_chance$"]
+    assert not any("summary/min" in tag for tags in charts.values() for tag in tags)   # single points: HParams
 
 
+@slow
 def test_hparams_one_typed_session_per_run_swept_keys_first(server, sweep):
     _, results = sweep
     experiment = server.post("/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -161,29 +212,31 @@ def test_hparams_one_typed_session_per_run_swept_keys_first(server, sweep):
     first = [info["name"] for info in experiment["hparamInfos"]][:9]
     assert set(first) == {"data.alpha", "seed", "data.d", "data.r", "data.link", "stage1.loss", "stage2.loss",
                           "model.width", "stage1.steps"}
-    assert infos["data.alpha"]["domainDiscrete"] == [4.0, 8.0] and infos["seed"]["domainDiscrete"] == [0.0, 1.0]
+    assert infos["data.alpha"]["domainDiscrete"] == [4.0, 8.0] and infos["seed"]["domainDiscrete"] == ["0", "1"]
+    assert infos["data.d"]["type"] == "DATA_TYPE_STRING"   # integers as their digits (a number would read 32.000)
     assert infos["checks.strict"]["type"] == "DATA_TYPE_BOOL" and infos["data.link"]["type"] == "DATA_TYPE_STRING"
     assert infos["trainer.devices"]["type"] == "DATA_TYPE_STRING"  # int | str
     assert [m["name"]["tag"] for m in experiment["metricInfos"]][:3] == [
-        "final/min_principal_cosine", "final/subspace_mass", "final/test_rel_mse"]
+        "summary/min_principal_cosine", "summary/subspace_mass", "summary/test_rel_mse"]
 
     request = {"experimentName": "", "startIndex": 0, "sliceSize": 100,
                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
                "colParams": [{"hparam": "data.alpha"}, {"hparam": "seed"},
-                             {"metric": {"tag": "final/test_rel_mse", "group": ""}}]}
+                             {"metric": {"tag": "summary/test_rel_mse", "group": ""}}]}
     groups = server.post("/data/plugin/hparams/session_groups", request)["sessionGroups"]
-    assert sorted(group["name"] for group in groups) == NAMES  # trial ids: the run names
+    assert [group["name"] for group in groups] == NAMES  # trial ids: the run names, in grid order
     for group in groups:
         (session,) = group["sessions"]
         assert session["name"] == f"tensorboard/{group['name']}" and session["status"] == "STATUS_SUCCESS"
         hparams, mine = group["hparams"], results[group["name"]]
         assert hparams["stage1.center"] is True and hparams["stage1.joint"] is False  # booleans, not 0.0
         assert hparams["data.link"] == "sum_he2" and hparams["data.alpha"] == mine["config"]["data"]["alpha"]
-        assert hparams["seed"] == mine["config"]["seed"]
+        assert hparams["seed"] == str(mine["config"]["seed"]) and hparams["data.d"] == "32"
         metric = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-        assert metric["final/test_rel_mse"] == pytest.approx(mine["test_rel_mse"], rel=1e-6)
+        assert metric["summary/test_rel_mse"] == pytest.approx(mine["test_rel_mse"], rel=1e-6)
 
 
+@slow
 def test_the_sweep_figures_are_images(server):
     tags = server.get("/data/plugin/images/tags")
     assert set(tags) == {SUMMARY}

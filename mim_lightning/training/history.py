@@ -203,7 +203,10 @@ class MetricHistory:
                       [None if loss is None else row for (_, loss), row in zip(kept, losses.view(F, K).tolist())])
 
     def log_rows(self, steps, recorded, mass, cosines, norms, along, losses) -> None:
-        """Append the flushed steps to ``rows`` and send each replica's values to its logger."""
+        """Append the flushed steps to ``rows`` and send each replica's values to its logger: the
+        masses, the principal cosines and their minimum, log10 |W|_F and its growth per step, the
+        loss and its change relative to the first recorded loss (``relative_change``)."""
+        from mim_lightning.training.tensorboard import relative_change
         for i, step in enumerate(steps):
             previous = self.rows[-1] if self.rows else None
             if self.first_loss is None and losses[i] is not None:
@@ -215,10 +218,11 @@ class MetricHistory:
                 values = {}
                 if losses[i] is not None:
                     values["stage1/loss"] = losses[i][k]
-                    values["stage1/loss_change"] = losses[i][k] - self.first_loss[k]
+                    values["stage1/loss_change"] = relative_change(losses[i][k], self.first_loss[k])
                 if recorded[i]:
                     values["stage1/subspace_mass"] = mass[i][k]
                     values.update({f"stage1/principal_cosine_{j + 1}": c for j, c in enumerate(cosines[i][k])})
+                    values["stage1/principal_cosine_min"] = min(cosines[i][k])
                     if along is not None:
                         values.update({f"stage1/direction_mass_{j + 1}": m for j, m in enumerate(along[i][k])})
                     norm = norms[i][k]

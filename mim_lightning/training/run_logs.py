@@ -24,27 +24,28 @@ def log_start(board: Board, cfg: Config, trial: str, assumptions, experiment: bo
 
 
 def log_references(board: Board, cfg: Config, family: dict, k: int) -> None:
-    """Replica k's reference series, constant at steps 0 and T1: the strongest spectral estimator's
-    smallest principal cosine (``family``: results.spectral_family) and the chance levels of the
-    cosine and the masses."""
+    """Replica k's reference lines (``stage1_reference/*``), constant from step 0 to T1: the strongest
+    spectral estimator's smallest principal cosine (``family``: results.spectral_family) and the
+    chance levels of that cosine and of the masses."""
     d, r = cfg.data.d, cfg.data.r
-    values = {"stage1/principal_cosine_min_chance": median_min_cosine(d, r),
-              "stage1/subspace_mass_chance": chance_subspace_mass(d, r), "stage1/direction_mass_chance": mass_per_dimension(d)}
+    values = {"stage1_reference/principal_cosine_min_chance": median_min_cosine(d, r),
+              "stage1_reference/subspace_mass_chance": chance_subspace_mass(d, r),
+              "stage1_reference/direction_mass_chance": mass_per_dimension(d)}
     _, best = strongest(family)
     if best is not None:
-        values["stage1/principal_cosine_min_spectral"] = min(best)
+        values["stage1_reference/principal_cosine_min_spectral"] = min(best)
     board.constant(values, (0, cfg.stage1.steps))
 
 
 def log_final(board: Board, cfg: Config, results: dict) -> None:
-    """A replica's final metrics (constant at steps 0 and T1; the HParams metrics) and the end of
-    its HParams session."""
+    """A replica's final metrics (``summary/*``, the HParams metrics), each one point at step T1 (not
+    a line: they are not curves), and the end of its HParams session."""
     final_metrics = {
-        "final/min_principal_cosine": min(results["principal_cosines"]),
-        "final/subspace_mass": results["subspace_mass"],
-        "final/test_rel_mse": results["test_rel_mse"],
+        "summary/min_principal_cosine": min(results["principal_cosines"]),
+        "summary/subspace_mass": results["subspace_mass"],
+        "summary/test_rel_mse": results["test_rel_mse"],
     }
     if results["spectral_principal_cosines"] is not None:
-        final_metrics["final/spectral_min_principal_cosine"] = min(results["spectral_principal_cosines"])
-    board.constant(final_metrics, (0, cfg.stage1.steps))
+        final_metrics["summary/spectral_min_principal_cosine"] = min(results["spectral_principal_cosines"])
+    board.scalars(final_metrics, cfg.stage1.steps)
     board.session_end()

@@ -1,8 +1,8 @@
 """A run's TensorBoard files, written with the ``tensorboard`` package's protobufs (no TensorFlow):
 scalars with a description on every tag, the reference series (spectral baseline, chance levels),
 a custom-scalars layout that draws each quantity with its references in one chart, HParams typed
-as the config declares them (booleans as booleans, strings as strings) with the defining keys
-first, Markdown text and PNG images.
+as the config declares them (booleans as booleans, integers as their digits, strings as strings)
+with the defining keys first, Markdown text and PNG images.
 
 A ``Board`` is one TensorBoard run (one folder of event files); only rank zero writes
 (``enabled``), and nothing is created before the first write. docs/tensorboard.md shows the charts.
@@ -32,29 +32,41 @@ from mim_lightning.training.event_file import EventFile
 DEFINING_KEYS = ("data.d", "data.r", "data.link", "data.alpha", "stage1.loss", "stage2.loss", "model.width",
                  "stage1.steps", "seed")
 
-#: tag (regular expression) -> description shown under the chart (Markdown); {k} is the tag's number
+#: float32's unit roundoff: the per-sample losses stage 1 sums (in float64) are float32, so a relative
+#: change of the objective below this is rounding, not signal (``stage1/loss_change`` shows it as 0)
+LOSS_RESOLUTION = 2.0 ** -24
+
+#: tag (regular expression) -> description shown under the chart (Markdown); {k} is the tag's number.
+#: TensorBoard sorts tags by name and TIME SERIES groups them by the part before the first '/':
+#: ``stage1`` (the learning curves) comes first, then ``stage1_reference`` (the constant reference
+#: lines), ``stage2`` and ``summary`` (the final metrics, one point each).
 DESCRIPTIONS = {
     r"stage1/principal_cosine_(?P<k>\d+)":
         "Cosine of principal angle {k} between the top-r right singular subspace of the first-layer weights W "
         "and the hidden subspace span U (descending in k: the last one is the smallest). 1 = that direction is "
-        "recovered. Reference series: `stage1/principal_cosine_min_spectral`, `stage1/principal_cosine_min_chance` "
-        "(chart *principal cosines* of CUSTOM SCALARS).",
-    r"stage1/principal_cosine_min_spectral":
-        "Reference (constant, drawn at steps 0 and T1): the smallest principal cosine of the spectral estimator "
-        "on the same D1 and preprocessing, its eigenvectors ranked as stage 1 ranks them. Stage 1 is a power "
-        "iteration on the same matrix: the network's smallest cosine approaches this line.",
-    r"stage1/principal_cosine_min_chance":
-        "Reference (constant): the median smallest principal cosine of a uniformly random r-dimensional "
-        "subspace of R^d (seeded simulation): what no learning scores.",
+        "recovered, chance `stage1_reference/principal_cosine_min_chance`.",
+    r"stage1/principal_cosine_min":
+        "The smallest principal cosine of W with span U (= `stage1/principal_cosine_<r>`): 1 when all of span U "
+        "is recovered. CUSTOM SCALARS draws it with its references, the spectral baseline "
+        "(`stage1_reference/principal_cosine_min_spectral`) and chance (`stage1_reference/principal_cosine_min_chance`).",
+    r"stage1_reference/principal_cosine_min_spectral":
+        "Reference (a constant line from step 0 to T1): the smallest principal cosine of the strongest spectral "
+        "estimator on the same D1. Stage 1 is a power iteration on the same matrix: the network's smallest cosine "
+        "`stage1/principal_cosine_min` approaches this line.",
+    r"stage1_reference/principal_cosine_min_chance":
+        "Reference (a constant line from step 0 to T1): the median smallest principal cosine of a uniformly random "
+        "r-dimensional subspace of R^d (seeded simulation): what no learning scores.",
     r"stage1/subspace_mass":
         "|W U^T|_F^2 / |W|_F^2: the share of the first layer's weight inside the hidden subspace; "
-        "chance (random weights) r/d, `stage1/subspace_mass_chance`.",
-    r"stage1/subspace_mass_chance": "Reference (constant): r/d, the subspace mass of random weights.",
+        "chance (random weights) r/d, `stage1_reference/subspace_mass_chance`.",
+    r"stage1_reference/subspace_mass_chance":
+        "Reference (a constant line from step 0 to T1): r/d, the subspace mass of random weights.",
     r"stage1/direction_mass_(?P<k>\d+)":
         "|W v_{k}|^2 / |W|_F^2 along eigenvector {k} of M (stage-1 loss), by |eigenvalue| descending: the "
         "entries sum to `stage1/subspace_mass`. All of it in entry 1 is collapse onto the top direction; "
-        "chance 1/d each (`stage1/direction_mass_chance`).",
-    r"stage1/direction_mass_chance": "Reference (constant): 1/d, the mass of random weights along one direction.",
+        "chance 1/d each (`stage1_reference/direction_mass_chance`).",
+    r"stage1_reference/direction_mass_chance":
+        "Reference (a constant line from step 0 to T1): 1/d, the mass of random weights along one direction.",
     r"stage1/log10_weight_norm":
         "log10 |W|_F. Stage 1 is a power iteration: from the small initialisation (model.init_scale) |W| grows "
         "geometrically while the loss barely moves.",
@@ -62,48 +74,62 @@ DESCRIPTIONS = {
         "|W_t|_F / |W_(t-1)|_F per step (geometric mean since the previous recorded step): about stage1.lr * "
         "|lambda_1(M)| + 1 - stage1.lr * stage1.weight_decay while the weights are small (docs/theory.md).",
     r"stage1/loss":
-        "The stage-1 objective (mean loss on D1, before that step's update). While W is small the network's "
-        "output is O(|W|^2) and this stays at the loss of the zero predictor to ~1e-7: TensorBoard's autoscaled "
-        "axis then shows rounding noise. Read `stage1/loss_change` instead.",
+        "The objective stage 1 descends, at the weights before that step: mean over D1 of loss(f, y) + mean(T) f, "
+        "plus stage1.weight_decay / 2 |W|_F^2. While W is small the network's output is O(|W|^2) and this stays "
+        "at the zero predictor's loss to ~1e-7: TensorBoard's autoscaled axis then shows rounding. Read "
+        "`stage1/loss_change` instead.",
     r"stage1/loss_change":
-        "stage1/loss minus its first recorded value (accumulated in float64): how far stage 1 has moved the "
-        "objective. ~0 while the weights are small is expected (stage 1 learns directions, not the fit).",
+        "(stage1/loss - its first recorded value) / |that value|: the relative change of the stage-1 objective. "
+        "Changes below 2^-24 = 6e-8 (the unit roundoff of the float32 per-sample losses, summed in float64) are "
+        "rounding and read 0. ~0 while the weights are small is expected: stage 1 learns directions, not the fit.",
     r"stage2/loss": "The stage-2 objective (second-layer fit on D2 with W fixed, ridge penalty included) per pass.",
-    r"final/min_principal_cosine": "Final smallest principal cosine of W (constant, drawn at steps 0 and T1).",
-    r"final/subspace_mass": "Final subspace mass of W (constant, drawn at steps 0 and T1).",
-    r"final/test_rel_mse": "Test mean squared error / Var(y) on data.n_test fresh samples; 1 = the constant "
-                           "predictor (constant, drawn at steps 0 and T1).",
-    r"final/spectral_min_principal_cosine": "The spectral baseline's smallest principal cosine (constant, drawn at "
-                                            "steps 0 and T1).",
+    r"summary/min_principal_cosine": "Final smallest principal cosine of W with span U (one point, at step T1; an "
+                                     "HParams metric).",
+    r"summary/subspace_mass": "Final subspace mass of W (one point, at step T1; an HParams metric).",
+    r"summary/test_rel_mse": "Test mean squared error / Var(y) on data.n_test fresh samples after stage 2; 1 = the "
+                             "constant predictor (one point, at step T1; an HParams metric).",
+    r"summary/spectral_min_principal_cosine": "The spectral baseline's smallest principal cosine (one point, at "
+                                              "step T1; an HParams metric).",
 }
 _PATTERNS = [(re.compile(pattern + "$"), text) for pattern, text in DESCRIPTIONS.items()]
 
 #: the HParams dashboard's metric columns
 FINAL_METRICS = {
-    "final/min_principal_cosine": "smallest principal cosine of W with span U (1 = recovered)",
-    "final/subspace_mass": "|W U^T|_F^2 / |W|_F^2",
-    "final/test_rel_mse": "test MSE / Var(y) (1 = constant predictor)",
-    "final/spectral_min_principal_cosine": "the spectral baseline's smallest principal cosine",
+    "summary/min_principal_cosine": "smallest principal cosine of W with span U (1 = recovered)",
+    "summary/subspace_mass": "|W U^T|_F^2 / |W|_F^2",
+    "summary/test_rel_mse": "test MSE / Var(y) (1 = constant predictor)",
+    "summary/spectral_min_principal_cosine": "the spectral baseline's smallest principal cosine",
 }
 
-#: CUSTOM SCALARS: category -> chart title -> tag regular expressions drawn together
+#: CUSTOM SCALARS, in this order: category -> chart title -> tag regular expressions drawn together;
+#: one chart per quantity, with its reference lines
 LAYOUT = {
-    "stage 1": {
-        "principal cosines (network, spectral baseline, chance)": [
-            r"^stage1/principal_cosine_\d+$", r"^stage1/principal_cosine_min_spectral$",
-            r"^stage1/principal_cosine_min_chance$"],
-        "mass (subspace, per eigenvector of M, chance)": [
-            r"^stage1/subspace_mass$", r"^stage1/direction_mass_\d+$", r"^stage1/subspace_mass_chance$",
-            r"^stage1/direction_mass_chance$"],
-        "loss change since the first recorded step": [r"^stage1/loss_change$"],
+    "stage 1: recovery of span U": {
+        "smallest principal cosine: network, spectral baseline, chance": [
+            r"^stage1/principal_cosine_min$", r"^stage1_reference/principal_cosine_min_spectral$",
+            r"^stage1_reference/principal_cosine_min_chance$"],
+        "subspace mass: network, chance r/d": [r"^stage1/subspace_mass$", r"^stage1_reference/subspace_mass_chance$"],
+        "principal cosines 1..r (descending)": [r"^stage1/principal_cosine_\d+$"],
+        "mass per eigenvector of M: network, chance 1/d": [
+            r"^stage1/direction_mass_\d+$", r"^stage1_reference/direction_mass_chance$"],
+    },
+    "stage 1: weights and objective": {
         "log10 |W|_F": [r"^stage1/log10_weight_norm$"],
         "growth of |W|_F per step": [r"^stage1/weight_growth$"],
+        "relative change of the stage-1 objective (0 below 6e-8)": [r"^stage1/loss_change$"],
     },
-    "stage 2 and final": {
-        "stage-2 loss": [r"^stage2/loss$"],
-        "final metrics": [r"^final/"],
+    "stage 2 and test error": {
+        "stage-2 objective": [r"^stage2/loss$"],
+        "test MSE / Var(y) after stage 2 (at step T1)": [r"^summary/test_rel_mse$"],
     },
 }
+
+
+def relative_change(value: float, first: float) -> float:
+    """(value - first) / |first| (value - first when first is 0), as ``stage1/loss_change`` shows it:
+    0 where its size is below ``LOSS_RESOLUTION`` (float rounding, not a change); NaN stays NaN."""
+    change = (value - first) / (abs(first) or 1.0)
+    return 0.0 if abs(change) < LOSS_RESOLUTION else change
 
 
 def describe(tag: str) -> str:
@@ -159,7 +185,7 @@ class Board:
         self.write(summary, step)
 
     def constant(self, values: dict[str, float], steps) -> None:
-        """Constant series: each value at each of ``steps`` (a horizontal line)."""
+        """Constant series: each value at each of ``steps`` (a horizontal line: the reference levels)."""
         for step in steps:
             self.scalars(values, step)
 
@@ -211,7 +237,8 @@ class Board:
         self._hparams(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
     def session_start(self, values: dict, trial_id: str) -> None:
-        """This run's HParams session: its hparam values (bool, number or string) and trial id."""
+        """This run's HParams session: its hparam values (bool, number or string) and trial id (the
+        HParams table's first column; it sorts the rows by it)."""
         info = plugin_data_pb2.SessionStartInfo(group_name=trial_id, start_time_secs=time.time())
         for name, value in values.items():
             if isinstance(value, bool):
@@ -240,11 +267,13 @@ class Board:
 # --- HParams of a config ---------------------------------------------------------------------------
 
 def _kind(annotation) -> str:
-    """'bool', 'number' or 'string': how TensorBoard shows a config field of this annotation (a
-    union, e.g. trainer.devices: int | str, is a string)."""
+    """'bool', 'integer', 'number' or 'string': how TensorBoard shows a config field of this
+    annotation (a union, e.g. trainer.devices: int | str, is a string)."""
     if annotation is bool:
         return "bool"
-    if annotation in (int, float):
+    if annotation is int:
+        return "integer"
+    if annotation is float:
         return "number"
     if typing.get_origin(annotation) is typing.Annotated:
         return _kind(typing.get_args(annotation)[0])
@@ -271,29 +300,35 @@ def hparam_order(first=()) -> list[str]:
     return head + [k for k in keys if k not in head]
 
 
+def hparam_value(kind: str, value) -> bool | float | str:
+    """One config value as TensorBoard shows it: a bool, a float, or text. Integers are text (their
+    digits): the HParams table prints every number with 5 significant digits (128 as 128.00)."""
+    if kind == "bool":
+        return bool(value)
+    if kind == "number" and isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
 def hparam_values(cfg: Config) -> dict[str, bool | float | str]:
-    """A config's values as typed HParams, in ``hparam_order``: booleans, numbers, strings (lists as
-    their text)."""
+    """A config's values as typed HParams (``hparam_value``), in ``hparam_order``; None values are
+    left out."""
     flat, fields = flatten(cfg.model_dump()), config_fields()
     values = {}
     for key in hparam_order():
         value, kind = flat[key], fields[key][0]
-        if value is None:
-            continue
-        if kind == "bool":
-            values[key] = bool(value)
-        elif kind == "number" and isinstance(value, (int, float)):
-            values[key] = value
-        else:
-            values[key] = str(value)
+        if value is not None:
+            values[key] = hparam_value(kind, value)
     return values
 
 
 def hparam_infos(first=(), domains: dict[str, list] | None = None) -> list[api_pb2.HParamInfo]:
-    """The HParams columns: every config key in ``hparam_order(first)``, typed, with its description
-    from the config and, where given, its discrete domain (a sweep's values). ``first`` and the
-    defining keys are marked as differing, which TensorBoard lists first."""
-    types = {"bool": api_pb2.DATA_TYPE_BOOL, "number": api_pb2.DATA_TYPE_FLOAT64, "string": api_pb2.DATA_TYPE_STRING}
+    """The HParams columns: every config key in ``hparam_order(first)``, typed (integers as text,
+    ``hparam_value``), with its description from the config and, where given, its discrete domain (a
+    sweep's values; integers in numeric order). ``first`` and the defining keys are marked as
+    differing, which TensorBoard lists first."""
+    types = {"bool": api_pb2.DATA_TYPE_BOOL, "number": api_pb2.DATA_TYPE_FLOAT64, "integer": api_pb2.DATA_TYPE_STRING,
+             "string": api_pb2.DATA_TYPE_STRING}
     fields, infos = config_fields(), []
     leading = set(first) | set(DEFINING_KEYS)
     for key in hparam_order(first):
@@ -301,9 +336,10 @@ def hparam_infos(first=(), domains: dict[str, list] | None = None) -> list[api_p
         # TensorBoard (2.21) lists hparams marked ``differs`` first, each group by name
         info = api_pb2.HParamInfo(name=key, display_name=key, description=description, type=types[kind],
                                   differs=key in leading)
-        values = (domains or {}).get(key)
+        values = [v for v in (domains or {}).get(key) or () if v is not None]
+        if kind == "integer" and all(isinstance(v, int) for v in values):
+            values = sorted(values)
         if values:
-            convert = {"bool": bool, "number": float, "string": str}[kind]
-            info.domain_discrete.extend([convert(v) for v in values])
+            info.domain_discrete.extend([hparam_value(kind, v) for v in values])
         infos.append(info)
     return infos
