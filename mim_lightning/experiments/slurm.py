@@ -26,7 +26,8 @@ from typing import Callable
 import click
 
 from mim_lightning.errors import MimError
-from mim_lightning.experiments.execute import Assumptions, Trainer, cached, folder_of, missing_groups, train_todo
+from mim_lightning.experiments.execute import (Assumptions, Trainer, cached, describe_group, folder_of, missing_groups,
+                                               train_todo)
 from mim_lightning.experiments.grid import Run
 from mim_lightning.experiments.launch_options import Submitted
 from mim_lightning.training import run as runner
@@ -50,8 +51,13 @@ class TaskStop(StopRequest):
 
 class SweepShare:
     """One array task: trains its share of the groups of seeds in ``out``; returns the keys of
-    the runs it skipped because another process held them. Stopped by a signal, it asks
-    submitit to requeue it (``checkpoint``)."""
+    the runs it did not train (held by another process, or done by one before the task looked:
+    the sweep counts them as another process's). Its log says what it did with each group.
+    Stopped by a signal, it asks submitit to requeue it (``checkpoint``); ``trained`` (the keys
+    it trained) travels with the requeued task, so that its own runs stay its own."""
+
+    def __init__(self):
+        self.trained: list[str] = []
 
     def __call__(self, out: Path, groups: list[list[Run]]) -> list[str]:
         from mim_lightning.cli import quiet_lightning
@@ -59,12 +65,21 @@ class SweepShare:
         quiet_lightning()
         requeue = signal.getsignal(signal.SIGUSR2)   # submitit's: checkpoint, requeue, exit
         assumptions = Assumptions(lambda cfg: runner.plan_run(cfg, check=True, warn=False).assumptions)
-        skipped, stopped = [], None
+        todo = missing_groups(groups, out, {})
+        left = {run.key for group in todo for run in group}
+        skipped = [run.key for group in groups for run in group if run.key not in left and run.key not in self.trained]
+        if skipped:
+            click.echo(f"mim sweep task: {len(skipped)} of its runs were done by another process", err=True)
+        stopped = None
         with TaskStop() as stop:
             try:
-                for group in missing_groups(groups, out, {}):
-                    if not train_todo(group, out, assumptions, stop):
+                for group in todo:
+                    if train_todo(group, out, assumptions, stop):
+                        self.trained += [run.key for run in group]
+                        click.echo(f"mim sweep task: trained {describe_group(group)}", err=True)
+                    else:
                         skipped += [run.key for run in group]
+                        click.echo(f"mim sweep task: skipped {describe_group(group)}: held by another process", err=True)
             except (KeyboardInterrupt, Interrupted) as exc:
                 if not callable(requeue):
                     raise
@@ -131,16 +146,17 @@ def run_array(options: dict, wait: bool, collect: str, todo: list[list[Run]], ou
     jobs = submit(todo, out, options)
     runs = [run for group in todo for run in group]
     array_id = str(jobs[0].job_id).split("_")[0]
-    click.echo(f"\nsubmitted SLURM job array {array_id}: {len(jobs)} tasks for {len(runs)} runs;"
-               f" logs in {Path(out) / 'slurm'}", err=True)
+    what = "job array" if "_" in str(jobs[0].job_id) else "job"   # submitit submits one task as a plain job
+    click.echo(f"\nsubmitted SLURM {what} {array_id}: {len(jobs)} task{'s' if len(jobs) > 1 else ''} for {len(runs)}"
+               f" runs; logs in {Path(out) / 'slurm'}", err=True)
     if not wait:
-        raise Submitted(f"SLURM job array {array_id} is training {len(runs)} runs; once it has ended"
+        raise Submitted(f"SLURM {what} {array_id} is training {len(runs)} runs; once it has ended"
                         f" (squeue -j {array_id}), collect the results with: {collect}")
     counted = 0
     while not all(job.done() for job in jobs):
         if stop is not None and stop.signal_name is not None:
-            click.echo(f"\nstopped waiting: SLURM job array {array_id} runs on; collect with: {collect}", err=True)
-            raise Interrupted(stop.signal_name, "the wait for the SLURM array", None, Path(out) / "slurm")
+            click.echo(f"\nstopped waiting: SLURM {what} {array_id} runs on; collect with: {collect}", err=True)
+            raise Interrupted(stop.signal_name, f"the wait for the SLURM {what}", None, Path(out) / "slurm")
         done = sum(cached(folder_of(out, run), run.cfg, quiet=True) is not None for run in runs)
         advance(done - counted)
         counted = done
