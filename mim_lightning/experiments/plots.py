@@ -128,7 +128,7 @@ def figure(rows: list[dict], shapes: dict[str, Shape], spec: Figures, metric: Me
     position = (lambda v: v) if numeric else xs_all.index
     log_x = numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig = Figure(figsize=(8, 5), dpi=120)   # about 1300 x 650 px with the legend: fits a TensorBoard page at actual size
+    fig = Figure(figsize=(8, 5), dpi=120)   # about 1300 x 560 px with the legend: fits a TensorBoard page at actual size
     ax = fig.add_subplot()
     handles, refs, failed = [], {}, 0
     for i, (values, group) in enumerate(curves):
