@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from contextlib import ExitStack
 import functools
 import json
 import logging
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from mim_lightning.errors import MimError, os_error_line
+from mim_lightning.errors import EXIT_CODES, Interrupted, MimError, error_line
 from mim_lightning.experiments.launch_options import WorkerCount
 
 
@@ -47,23 +48,9 @@ def friendly_errors(command=None, *, exit_code: int = 1):
         except Exception as exc:  # noqa: BLE001 - anything unforeseen still gets one line
             if ctx.find_root().params.get("debug"):
                 raise
-            raise CommandError(unexpected(exc, ctx.params.get("out")), exit_code) from None
+            raise CommandError(error_line(exc, ctx.params.get("out")), exit_code) from None
 
     return wrapper
-
-
-def unexpected(exc: BaseException, path=None) -> str:
-    """One line, without the exception's class name, for an exception nobody turned into a
-    MimError: out of memory gets advice, an OSError ``errors.os_error_line`` (``path``: the folder
-    the command writes, named when the error names no file), anything else its first line of text
-    and where to see the details."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():
-        return ("out of memory: lower data.d, data.alpha, data.alpha2 or model.width, or set data.chunk_size "
-                "to bound the activations of a full-batch pass")
-    if isinstance(exc, OSError):
-        return os_error_line(exc, path)
-    return f"mim stopped on an error it does not explain{f' ({text})' if text else ''}; run 'mim --debug ...' for the details"
 
 
 class MimGroup(click.Group):
@@ -188,7 +175,7 @@ def run_in_folder(cfg, folder, resume: bool, default=None, overwrite: bool = Fal
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from mim_lightning.analysis.report import run_summary
-    from mim_lightning.training.checkpoints import Interrupted, StopRequest
+    from mim_lightning.training.checkpoints import StopRequest
     from mim_lightning.training.run import plan_run, train_replicas
     from mim_lightning.training.run_folder import RunFolder
 
@@ -199,29 +186,24 @@ def run_in_folder(cfg, folder, resume: bool, default=None, overwrite: bool = Fal
         folder = default() if is_zero else RunFolder(Path("runs") / "latest")   # other ranks never write it
     elif is_zero and not resume:
         folder.check_new_run(overwrite)
-    lock = folder.locked() if is_zero else contextlib.nullcontext()
-    with lock, StopRequest() as stop:
-        if is_zero:
-            folder.start(cfg.model_dump(), fresh=not resume)
-        try:
+    stop = StopRequest()
+    try:
+        with ExitStack() as lifecycle:
+            lifecycle.enter_context(stop)   # first: a signal once status.json says running is a stop request
+            if is_zero:   # the folder records how the run ends (RunFolder.attempt)
+                lifecycle.enter_context(folder.locked())
+                lifecycle.enter_context(folder.attempt(cfg.model_dump(), fresh=not resume))
             results = train_replicas(cfg, folder.path, [cfg.seed], plan.assumptions, resume, stop, plan)[0]
-        except Interrupted as exc:   # rank zero speaks for every rank (training.ranks)
             if is_zero:
-                folder.set_status("interrupted", str(exc))
-                click.echo(f"{exc}. {next_step(folder)}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            name = stop.signal_name or "SIGINT"
-            if is_zero:
-                folder.set_status("interrupted", f"stopped at once by a second signal ({name})")
-                click.echo(f"stopped at once by a second signal. {next_step(folder)}", err=True)
-            sys.exit(143 if name == "SIGTERM" else 130)
-        except BaseException as exc:
-            if is_zero:
-                folder.set_status("failed", str(exc) if isinstance(exc, MimError) else unexpected(exc))
-            raise
+                folder.finish(results)
+    except Interrupted as exc:   # rank zero speaks for every rank (training.ranks)
         if is_zero:
-            folder.finish(results)
+            click.echo(f"{exc}. {next_step(folder)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if is_zero:
+            click.echo(f"stopped at once by a second signal. {next_step(folder)}", err=True)
+        sys.exit(143 if stop.signal_name == "SIGTERM" else 130)
     if is_zero:
         click.echo(run_summary(results))
         click.echo(f"wrote {quoted(folder.path / 'results.json')}; TensorBoard: tensorboard --logdir {quoted(folder.path)}")
@@ -284,7 +266,7 @@ def sweep(config, overrides, out, limit, max_runs, workers, on_slurm, wait, part
         raise MimError("--wait, --partition, --time, --gpus-per-task, --cpus-per-task, --array-parallelism and --tasks"
                        " go with --slurm")
     from mim_lightning.experiments.sweep import LIMIT_STAGE, run_sweep
-    from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
+    from mim_lightning.training.checkpoints import StopRequest
 
     trainer = None
     if on_slurm:
@@ -479,7 +461,7 @@ def theory(link, r, loss, alphas, noise, as_json):
     with components_named_by_options():
         report = jsonable(theory_report(link, r, loss))
         if ratios is not None:  # a line per alpha on stderr; a signal stops it within a second
-            from mim_lightning.training.checkpoints import EXIT_CODES, Interrupted, StopRequest
+            from mim_lightning.training.checkpoints import StopRequest
 
             with StopRequest() as stop:
                 try:

@@ -1,5 +1,5 @@
-"""The one exception type the CLI turns into a one-line message, and the one place where an
-operating-system error (OSError) becomes such a line."""
+"""The exception types a run ends with (MimError, the one the CLI turns into a one-line message;
+RunFailed; Interrupted) and the one place where any error becomes such a line."""
 
 import errno
 import os
@@ -13,6 +13,39 @@ class MimError(Exception):
 class RunFailed(MimError):
     """A run whose training failed on its own terms (weights diverged or vanished): training it
     again with the same config would fail the same way."""
+
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}   # the exit status of a run stopped by each signal
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal; ``step`` is the last step saved in the checkpoint (None when
+    the stop came before any step of the stage, so a resume repeats that part)."""
+
+    def __init__(self, signal_name: str, stage: str, step: int | None, path: Path):
+        where = f"in {stage} after step {step}; checkpoint saved to {path}" if step is not None else f"during {stage}"
+        super().__init__(f"stopped by {signal_name} {where}")
+        self.signal_name, self.stage, self.step, self.path = signal_name, stage, step, path
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal_name, 143)
+
+
+def error_line(exc: BaseException, path=None) -> str:
+    """One line, without the exception's class name, for any error: a MimError's own message; out
+    of memory with advice; an OSError by ``os_error_line`` (``path``: the folder the command writes,
+    named when the error names no file); anything else its first line of text and where to see the
+    details."""
+    if isinstance(exc, MimError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():
+        return ("out of memory: lower data.d, data.alpha, data.alpha2 or model.width, or set data.chunk_size "
+                "to bound the activations of a full-batch pass")
+    if isinstance(exc, OSError):
+        return os_error_line(exc, path)
+    return f"mim stopped on an error it does not explain{f' ({text})' if text else ''}; run 'mim --debug ...' for the details"
 
 
 def os_error_line(exc: OSError, path=None) -> str:

@@ -14,7 +14,8 @@ from helpers import TINY, tiny_config
 from mim_lightning.cli import main, next_step
 from mim_lightning.experiments.sweep import run_sweep
 from mim_lightning.training import callbacks
-from mim_lightning.training.checkpoints import Interrupted, StopRequest
+from mim_lightning.errors import Interrupted
+from mim_lightning.training.checkpoints import StopRequest
 from mim_lightning.training.run import train_replicas
 from mim_lightning.training.run_folder import RunFolder
 

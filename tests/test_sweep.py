@@ -334,7 +334,7 @@ def test_other_errors_of_a_batched_group_stop_the_sweep(tmp_path, monkeypatch):
     assert result.output.strip().splitlines()[-1] == (
         "Error: sweep runs data.alpha=2 (seeds 0, 1 batched): cannot write the checkpoint; finished runs are kept")
     folders = [RunFolder(p) for p in (tmp_path / "out" / "runs").iterdir()]
-    assert [f.status() for f in folders] == [{"status": "failed", "message": "cannot write the checkpoint"}] * 2
+    assert [(f.status()["status"], f.status()["message"]) for f in folders] == [("failed", "cannot write the checkpoint")] * 2
     monkeypatch.setattr(runner, "train_replicas", lambda cfg, out, seeds, *a, **k: [fake_results(cfg, s) for s in seeds])
     again = invoke(path, "--out", tmp_path / "out")  # not final: trained again
     assert again.exit_code == 0 and "2 trained" in again.output, again.output

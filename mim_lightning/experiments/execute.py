@@ -25,11 +25,11 @@ import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from mim_lightning.config import Config
-from mim_lightning.errors import MimError, RunFailed, os_error_line
+from mim_lightning.errors import Interrupted, MimError, RunFailed
 from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
 from mim_lightning.training import run as runner
-from mim_lightning.training.checkpoints import Interrupted, StopRequest
+from mim_lightning.training.checkpoints import StopRequest
 from mim_lightning.training.results_schema import results_problem
 from mim_lightning.training.run_folder import CHECKPOINT_FILE, RunFolder, folder_kind
 
@@ -121,8 +121,9 @@ def claimed(folders: list[RunFolder], configs: list[Config]):
     """Rank zero holds the folders' locks and marks them running (each with its config.yaml) for
     the time of one training call; yields whether the group resumes (``resumable``; otherwise
     nothing is left of an earlier attempt). ``Busy`` when another process holds a lock or has
-    finished a run since the sweep looked. An error that leaves it marks them failed (interrupted
-    on Ctrl-C or a stop request, resumable), not final, so that they are trained again."""
+    finished a run since the sweep looked. Each folder records how the attempt ends
+    (``RunFolder.attempt``): an error marks it failed, not final, so that it is trained again; a
+    stop marks it interrupted, the first folder with the group's seeds (a resume needs them)."""
     if not rank_zero():
         yield False
         return
@@ -136,21 +137,10 @@ def claimed(folders: list[RunFolder], configs: list[Config]):
         if any(cached(folder, cfg, quiet=True) is not None for folder, cfg in zip(folders, configs, strict=True)):
             raise Busy("a run of the group was finished by another process")
         resume = resumable(folders, configs)
-        for folder, cfg in zip(folders, configs, strict=True):
-            folder.start(cfg.model_dump(), fresh=not resume)
-        folders[0].set_status("running", seeds=seeds)
-        try:
-            yield resume
-        except (KeyboardInterrupt, Interrupted) as exc:
-            for folder in folders:  # the first holds the group's checkpoint: a resume needs its seeds
-                folder.set_status("interrupted", f"the sweep was interrupted ({exc or 'Ctrl-C'})",
-                                  **({"seeds": seeds} if folder is folders[0] else {}))
-            raise
-        except BaseException as exc:
-            message = os_error_line(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
-            for folder in folders:
-                folder.set_status("failed", message)
-            raise
+        for folder, cfg in zip(folders, configs, strict=True):   # the first holds the group's checkpoint
+            stack.enter_context(folder.attempt(cfg.model_dump(), fresh=not resume,
+                                               **({"seeds": seeds} if folder is folders[0] else {})))
+        yield resume
 
 
 class Assumptions:

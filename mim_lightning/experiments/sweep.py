@@ -15,7 +15,7 @@ import click
 
 from mim_lightning.analysis import limit as limits_
 from mim_lightning.analysis.theory import alpha_c
-from mim_lightning.errors import MimError
+from mim_lightning.errors import Interrupted, MimError
 from mim_lightning.experiments import board
 from mim_lightning.experiments.execute import execute, rank_zero, seed_groups
 from mim_lightning.experiments import sweep_folder
@@ -23,7 +23,6 @@ from mim_lightning.experiments.grid import MAX_RUNS, Sweep, load_sweep
 from mim_lightning.experiments.sweep_folder import default_out
 from mim_lightning.experiments.plots import Figures, Shape, plot_sweep
 from mim_lightning.experiments.tables import rows_of, table, write_csv
-from mim_lightning.training.checkpoints import Interrupted
 
 
 def thresholds(sweep: Sweep) -> dict | None:
@@ -46,7 +45,7 @@ def limit_wanted(limit: bool | None = None) -> bool:
 
 
 LIMIT_FOLDER = "limit"  # OUT/limit/: the sweep's copy of the Bayes-optimal limits it drew (``analysis.limit_cache``)
-LIMIT_STAGE = "the Bayes-optimal limit"  # where a stop during the limit step came (``training.checkpoints.Interrupted``)
+LIMIT_STAGE = "the Bayes-optimal limit"  # where a stop during the limit step came (``errors.Interrupted``)
 
 
 def limits(sweep: Sweep, **options) -> dict | None:

@@ -15,8 +15,8 @@ import torch
 
 from mim_lightning.config import Config
 from mim_lightning.core.measures import frobenius
-from mim_lightning.errors import RunFailed
-from mim_lightning.training.checkpoints import Interrupted, StopRequest, save_checkpoint
+from mim_lightning.errors import Interrupted, RunFailed
+from mim_lightning.training.checkpoints import StopRequest, save_checkpoint
 from mim_lightning.training.history import VANISHED
 
 class DivergenceGuard:

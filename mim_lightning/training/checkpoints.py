@@ -20,31 +20,16 @@ from pathlib import Path
 
 import torch
 
-from mim_lightning.errors import MimError
+from mim_lightning.errors import Interrupted, MimError
 from mim_lightning.training.run_folder import write_atomic
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 FIELDS = {"stage", "step", "config_hash", "seeds", "network", "optimizer", "shift", "history", "stage1"}
 OPTIONAL_FIELDS = {"last_loss", "subspace_basis"}   # the last objective (K,); stage 1's tracked blocks (2, K, d, b)
 ROW_KEYS = {"step", "subspace_mass", "principal_cosines", "weight_norm", "loss"}
 OUTPUT_KEYS = {"history", "timings", "spectral", "spectral_uncentred", "unbounded_fraction", "direction_mass"}
 ORDERS = {"magnitude", "largest", "smallest"}
 UNIT = 1 + 1e-3   # a cosine or a mass: at most 1, up to float32 rounding
-
-
-class Interrupted(Exception):
-    """The run stopped on a signal; ``step`` is the last step saved in the checkpoint (None when
-    the stop came before any step of the stage, so a resume repeats that part)."""
-
-    def __init__(self, signal_name: str, stage: str, step: int | None, path: Path):
-        where = f"in {stage} after step {step}; checkpoint saved to {path}" if step is not None else f"during {stage}"
-        super().__init__(f"stopped by {signal_name} {where}")
-        self.signal_name, self.stage, self.step, self.path = signal_name, stage, step, path
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signal_name, 143)
 
 
 class StopRequest:

@@ -27,8 +27,8 @@ import torch
 import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
-from mim_lightning.errors import MimError
-from mim_lightning.training.checkpoints import CHECKPOINT, EXIT_CODES, Interrupted
+from mim_lightning.errors import EXIT_CODES, Interrupted, MimError
+from mim_lightning.training.checkpoints import CHECKPOINT
 
 POLL_SECONDS = 0.5    # how often rank 0 looks at its children
 WAIT_SECONDS = 3.0    # how long rank 0, having lost a connection, waits for a child's exit code

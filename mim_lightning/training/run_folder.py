@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from mim_lightning.errors import MimError, os_error_line
+from mim_lightning.errors import Interrupted, MimError, error_line, os_error_line
 
 CONFIG, STATUS, RESULTS, LOCK = "config.yaml", "status.json", "results.json", ".lock"
 SWEEP_FILE = "sweep.yaml"  # marks a sweep folder
@@ -187,6 +187,28 @@ class RunFolder:
         if fresh:
             self.clear_outputs()
             write_atomic(self._file(CONFIG), yaml.safe_dump(config, sort_keys=False))
+
+    @contextmanager
+    def attempt(self, config: dict, fresh: bool, **extra):
+        """One attempt at the run, for a caller that holds ``locked()``: status 'running' with the
+        config (``start``; ``extra`` recorded with it), then how the attempt ends. A stop (a signal
+        at a step boundary, Ctrl-C or a second signal) is recorded as 'interrupted', any other
+        error as 'failed' with ``errors.error_line``, both with ``extra`` and re-raised; a finished
+        attempt calls ``finish`` or records a final failure itself."""
+        self.start(config, fresh=fresh)
+        if extra:
+            self.set_status("running", **extra)
+        try:
+            yield self
+        except Interrupted as exc:
+            self.set_status("interrupted", str(exc), **extra)
+            raise
+        except KeyboardInterrupt:
+            self.set_status("interrupted", "stopped at once by a second signal (or Ctrl-C outside a step)", **extra)
+            raise
+        except BaseException as exc:
+            self.set_status("failed", error_line(exc, self.path), **extra)
+            raise
 
     def clear_outputs(self) -> None:
         """Delete what a run writes besides config.yaml and status.json: results.json,
