@@ -234,7 +234,7 @@ def test_reference_pages_are_generated_from_the_code(tmp_path):
     assert all(f"| `{key}` |" in config_page for key in all_keys())
     tags_page = (tmp_path / "tensorboard.md").read_text(encoding="utf-8")
     assert len([line for line in tags_page.splitlines() if line.startswith("| `stage")
-                or line.startswith("| `final")]) >= len(DESCRIPTIONS)
+                or line.startswith("| `summary")]) >= len(DESCRIPTIONS)
     components = (tmp_path / "components.md").read_text(encoding="utf-8")
     assert "| `squared` |" in components and "**violated**: convex, C^1, not Lipschitz" in components
     assert "| `relu` |" in components and "| `logcosh` |" in components and "| `z1z2` |" in components
