@@ -19,6 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from mim_lightning.cli import main
+from mim_lightning.experiments import slurm
 
 import slurm_cluster
 
@@ -34,6 +35,7 @@ DIVERGING = {"data": {"d": 16, "alpha2": 8, "n_test": 256}, "model": {"width": 1
              "sweep": {"stage1.lr": [0.05, 1e6], "data.alpha": [4, 8], "seed": [0, 1]}}
 DIVERGED = re.compile(r"sweep run stage1\.lr=1000000\.0, data\.alpha=\d, seed=\d: stage 1 diverged by step \d+: the"
                       r" first-layer weights or the loss are not finite; lower stage1\.lr \(now 1000000\.0\)")
+FIELDS = ("principal_cosines", "subspace_mass", "test_rel_mse", "spectral_principal_cosines", "stage2_loss")
 SECONDS = 240   # the longest wait for a SLURM job here (a task imports torch and Lightning in 15-20 s)
 
 
@@ -141,9 +143,9 @@ def test_a_preempted_task_is_requeued_and_resumes_with_the_numbers_of_an_uninter
     assert len(resumed) == 2 and resumed.keys() == uninterrupted.keys()
     for key, results in uninterrupted.items():
         assert [row["step"] for row in resumed[key]["history"]] == [row["step"] for row in results["history"]]
-        for field in ("principal_cosines", "subspace_mass", "test_rel_mse", "spectral_principal_cosines", "stage2_loss"):
+        for field in FIELDS:
             assert resumed[key][field] == results[field], field
-        assert resumed[key] == results
+        assert resumed[key] == results   # and every other field but the timings
     assert (out / "results.csv").read_text() == (tmp_path / "reference" / "results.csv").read_text()
 
 
@@ -189,6 +191,14 @@ def test_two_slurm_sweeps_of_one_diverging_sweep_at_once_train_no_run_twice(dive
     assert sorted(groups) == sorted({f"stage1.lr={lr}, data.alpha={alpha} (seeds 0, 1 batched)"
                                      for lr in ("0.05", "1000000.0") for alpha in (4, 8)}), logs
     assert len(DIVERGED.findall(logs)) >= 4, logs   # each diverged seed warned in the log of the task that trained it
+
+
+def test_the_time_limit_signal_comes_after_the_start_of_a_short_task():
+    """SLURM sends --signal=USR2@DELAY at the start of a task whose limit is not longer than DELAY
+    (seen with --time=1 and a delay of 120 s: the task died of it at second 0), and up to 60 s
+    early otherwise: a quarter of the limit leaves a task of 2 minutes or more its first 30 s."""
+    assert [slurm.signal_delay(minutes) for minutes in (1, 2, 7, 8, 60)] == [15, 30, 105, 120, 120]
+    assert all(slurm.signal_delay(minutes) <= minutes * 60 / 4 for minutes in range(1, 1000))
 
 
 SALLOC = {"SLURM_JOB_ID": "7", "SLURM_JOBID": "7", "SLURM_JOB_NAME": "interactive", "SLURM_JOB_NUM_NODES": "1",

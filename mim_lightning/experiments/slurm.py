@@ -8,7 +8,7 @@ another process is skipped). submitit's files (the pickled tasks, each task's lo
 ``--wait``, else by running ``mim sweep FILE`` again once the array has ended.
 
 Preemption and time limits: SIGTERM (``scancel --signal=TERM``, a preemption) or SIGUSR2 (which
-submitit asks SLURM to send ``signal_delay_s`` before the time limit) stops the task's run at its
+submitit asks SLURM to send ``signal_delay`` before the time limit) stops the task's run at its
 next step boundary with a checkpoint; the task then hands over to submitit's own handler, which
 requeues it (``checkpoint``: the same share again). The requeued task resumes the interrupted run
 from its checkpoint, and skips the runs that are done.
@@ -36,6 +36,13 @@ from mim_lightning.training.checkpoints import Interrupted, StopRequest
 POLL_SECONDS = 2.0     # how often ``--wait`` looks at the array
 DEFAULT_MINUTES = 60   # an array task's time limit unless ``time`` is given
 SIGNAL_DELAY_S = 120   # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
+
+
+def signal_delay(minutes: int) -> int:
+    """Seconds before a task's time limit of ``minutes`` at which SLURM sends SIGUSR2: 120, or a
+    quarter of the limit when that is shorter. SLURM sends the signal at the task's start when the
+    delay is not shorter than the limit, before Python can catch it, and the task dies of it."""
+    return min(SIGNAL_DELAY_S, minutes * 15)
 
 
 class TaskStop(StopRequest):
@@ -107,8 +114,9 @@ def executor(out: Path, options: dict):
     except RuntimeError:
         raise MimError("--slurm needs SLURM's sbatch and srun on PATH (not found here); run it on a login node"
                        " of the cluster, or use --workers N on this machine") from None
-    parameters = {"job_name": f"mim-sweep-{Path(out).name}", "time": options.get("time", DEFAULT_MINUTES),
-                  "signal_delay_s": SIGNAL_DELAY_S, "ntasks_per_node": 1,
+    minutes = options.get("time", DEFAULT_MINUTES)
+    parameters = {"job_name": f"mim-sweep-{Path(out).name}", "time": minutes,
+                  "signal_delay_s": signal_delay(minutes), "ntasks_per_node": 1,
                   **{key: options[key] for key in ("partition", "gpus_per_task", "cpus_per_task", "array_parallelism")
                      if key in options}}
     slurm.update_parameters(**parameters)
