@@ -193,7 +193,7 @@ def run_in_folder(cfg, folder, resume: bool, default=None, overwrite: bool = Fal
             if is_zero:   # the folder records how the run ends (RunFolder.attempt)
                 lifecycle.enter_context(folder.locked())
                 lifecycle.enter_context(folder.attempt(cfg.model_dump(), fresh=not resume))
-            results = train_replicas(cfg, folder.path, [cfg.seed], plan.assumptions, resume, stop, plan)[0]
+            results = train_replicas(cfg, folder.path, [cfg.seed], plan.assumptions, resume, stop, plan, progress=True)[0]
             if is_zero:
                 folder.finish(results)
     except Interrupted as exc:   # rank zero speaks for every rank (training.ranks)

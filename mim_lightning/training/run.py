@@ -33,6 +33,7 @@ from mim_lightning.training.checkpoints import CHECKPOINT, CheckpointSpec, StopR
 from mim_lightning.training.data import MultiIndexDataModule
 from mim_lightning.training.loop import Clock, fit_stage, make_fabric
 from mim_lightning.training.memory import available_memory, check_run_memory, run_memory
+from mim_lightning.training.progress import Progress
 from mim_lightning.training.metrics import RelativeMSE
 from mim_lightning.training.run_folder import config_hash
 from mim_lightning.training.stages import Stage1Module, Stage2Module
@@ -132,35 +133,42 @@ def build(cfg: Config, seeds=None, components: RunComponents | None = None, fabr
     return components, dm, network
 
 
-def polled(chunks: Iterable, poll: Callable[[], None] | None):
+def polled(chunks: Iterable, poll: Callable[[], None] | None, tick: Callable[[], None] | None = None):
     """``chunks`` with ``poll()`` called before each one (a stop request raises there, so a pass
-    outside the training steps never holds a signal back longer than one chunk)."""
+    outside the training steps never holds a signal back longer than one chunk) and ``tick()``
+    after each (progress)."""
     for chunk in chunks:
         if poll is not None:
             poll()
         yield chunk
+        if tick is not None:
+            tick()
 
 
 def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | None = None, poll=None,
-               callbacks=()):
+               callbacks=(), progress: Progress | None = None):
     """Stage 1 on D1 (from a stage-1 checkpoint ``state`` if given), then the spectral baseline on the
     same D1 and preprocessing: (shift (K,), baselines) with baselines["spectral"] = {order: principal
     cosines (K, r)} for T(y) - shift, baselines["spectral_uncentred"] the same for T(y) (when
     centring; centring adds -shift X^T X / n, whose noise can hurt the estimator), and
     baselines["unbounded_fraction"] (K,) from ``unbounded_fraction`` (a warning when positive).
     ``poll()`` runs before each chunk of the passes outside the steps; ``callbacks``: the Fabric's
-    (their ``on_step_end`` runs after every step)."""
+    (their ``on_step_end`` runs after every step); ``progress`` hears each pass and chunk."""
     fabric = fabric or make_fabric(cfg)
+    progress = progress or Progress({}, enabled=False)
     reduce = _reducer(fabric)
-    d1 = lambda: polled(dm.chunks("d1"), poll)   # noqa: E731
+    d1 = lambda: polled(dm.chunks("d1"), poll, progress.tick)   # noqa: E731
     if state is not None:
         shift = state["shift"].to(fabric.device)
     elif cfg.stage1.center:
+        progress.phase("centring T(y) on D1")
         shift = mean_preprocessing(d1(), components.stage1_loss, dm.n("d1"), reduce)
     else:
         shift = torch.zeros(len(dm.seeds), device=fabric.device)
+    progress.phase("checking stage 1's objective on D1")
     unbounded = unbounded_fraction(d1(), components.stage1_loss, shift, dm.n("d1"), reduce,
                                    sides=reachable_sides(cfg, components.activation))
+    progress.done()   # the status line leaves the warning's line alone
     if fabric.is_global_zero and state is None and float(unbounded.max()) > 0:
         sys.stderr.write(
             f"Warning: stage 1's objective loss(t, y) + mean(T) t is unbounded below in the direction f can move on "
@@ -174,7 +182,9 @@ def run_stage1(cfg: Config, components, dm, network, fabric=None, state: dict | 
     steps_seconds = clock.lap()
     centred = bool((shift != 0).any())   # else the uncentred baseline is the same one
     shifts = [shift, torch.zeros_like(shift)] if centred and cfg.baseline.uncentred else [shift]
+    progress.phase(f"spectral baseline ({spectral_method(cfg)})")
     found = spectral_baseline(cfg, components, d1, dm, shifts, reduce)
+    progress.done()
     baselines = {"spectral": found[0], "unbounded_fraction": unbounded,
                  "spectral_uncentred": found[1] if len(found) > 1 else ({} if centred else found[0])}
     baselines["seconds"] = {"stage1_steps": steps_seconds, "baseline": clock.lap()}
@@ -215,11 +225,12 @@ def spectral_baseline(cfg: Config, components, d1: Callable[[], Iterable], dm, s
 
 
 def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None, poll=None,
-               callbacks=()):
+               callbacks=(), progress: Progress | None = None):
     """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given, its last objective included) and
     the test pass: (the stage-2 module, test relative MSE (K,)). ``poll()`` runs before each chunk of
-    the passes outside the steps."""
+    the passes outside the steps; ``progress`` hears the test pass."""
     fabric = fabric or make_fabric(cfg)
+    progress = progress or Progress({}, enabled=False)
     solver = solver_for(cfg, replicas=len(seeds))
     stage2 = Stage2Module(network, components.stage2_loss, cfg, dm.n("d2"), fabric.world_size, _reducer(fabric),
                           solver, seeds)
@@ -234,16 +245,18 @@ def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: 
                   1 if solver == "ridge" else cfg.stage2.steps, None if solver == "ridge" else stage2.configure_optimizers(),
                   None if state is None else state["optimizer"], callbacks)
     metric = RelativeMSE(replicas=len(seeds)).to(fabric.device)
+    progress.phase("test pass")
     with torch.no_grad(), fabric.autocast():
-        for x, y in polled(dm.chunks("test"), poll):
+        for x, y in polled(dm.chunks("test"), poll, progress.tick):
             metric.update(network(x), y)
+    progress.done()
     return stage2, metric.compute().reshape(-1)  # torchmetrics squeezes K = 1
 
 
 def train(cfg: Config, out: Path, assumptions=None, resume: bool = False, stop: StopRequest | None = None,
-          plan: RunPlan | None = None) -> dict:
+          plan: RunPlan | None = None, progress: bool = False) -> dict:
     """One run: ``train_replicas`` with the config's seed."""
-    return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop, plan)[0]
+    return train_replicas(cfg, out, [cfg.seed], assumptions, resume, stop, plan, progress=progress)[0]
 
 
 def _resume_state(cfg: Config, out: Path, seeds: list[int], plan: RunPlan, last: dict[str, int]) -> dict:
@@ -267,14 +280,15 @@ def _resume_state(cfg: Config, out: Path, seeds: list[int], plan: RunPlan, last:
 
 def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool = False,
                    stop: StopRequest | None = None, plan: RunPlan | None = None,
-                   tensorboard_dirs: list[Path] | None = None) -> list[dict]:
+                   tensorboard_dirs: list[Path] | None = None, progress: bool = False) -> list[dict]:
     """K independent runs (one per seed) trained at once: one results dict per seed (the contract
     fields of results.json).
 
     TensorBoard: by default the first replica, in ``OUT/tensorboard`` (its HParams trial id OUT's
     name, with the HParams experiment: the columns); with ``tensorboard_dirs`` (one folder per seed)
     each replica in its own folder, its trial id the folder's name, and no experiment (the caller,
-    e.g. a sweep, writes it once with its swept keys first)."""
+    e.g. a sweep, writes it once with its swept keys first). ``progress``: rank zero shows what the
+    run is doing on stderr (``training.progress``)."""
     seeds, out = list(seeds), Path(out)
     plan = plan or plan_run(cfg, check=False)
     solver = solver_for(cfg, replicas=len(seeds))
@@ -306,9 +320,11 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                 "subspace_basis": None if history.tracker is None else history.tracker.state()}
 
     saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
-    callbacks = [history, DivergenceGuard(cfg), saver]
+    meter = Progress(last, enabled=False)
+    callbacks = [history, DivergenceGuard(cfg), saver, meter]
     fabric = make_fabric(cfg, [], callbacks)
     fabric.launch()
+    meter.enabled = progress and fabric.is_global_zero
     from mim_lightning.training.ranks import watch
     ranks = watch(fabric, stop)   # a rank that stops or dies ends every rank, with one line naming it
     for k, board in enumerate(boards):
@@ -316,27 +332,35 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
         if state is None:
             log_start(board, cfg.model_copy(update={"seed": seeds[k]}), trials[k], assumptions, tensorboard_dirs is None)
     try:
-        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric, callbacks)
+        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric, callbacks, meter)
     except BaseException as exc:
         ranks.explain(exc)
         raise
-    finally:  # a failed run's TensorBoard files keep what it logged
+    finally:  # a failed run's TensorBoard files keep what it logged; an error starts on its own line
+        meter.done()
         for board in boards:
             board.close()
 
 
 def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric,
-                callbacks) -> list[dict]:
+                callbacks, progress: Progress) -> list[dict]:
     """The stages of ``train_replicas`` on its Fabric, from ``state`` (a checkpoint) if given."""
     timings = dict(outputs.get("timings", {}))
     start = time.perf_counter()
-    components, dm, network = build(cfg, seeds, plan.components, fabric, poll=lambda: stop.check("data generation"))
+    progress.phase("generating the data", "blocks of samples")
+
+    def poll_generation():
+        stop.check("data generation")
+        progress.tick()
+
+    components, dm, network = build(cfg, seeds, plan.components, fabric, poll=poll_generation)
+    progress.done()
     if state is not None:
         network.load_state_dict(state["network"])
     if state is None or state["stage"] == "stage1":
         shift, baselines = run_stage1(cfg, components, dm, network, fabric, state,
                                       poll=lambda: stop.check("the spectral baseline and data passes of stage 1"),
-                                      callbacks=callbacks)
+                                      callbacks=callbacks, progress=progress)
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
         timings.update(baselines["seconds"])
@@ -350,7 +374,7 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
     start = time.perf_counter()
     stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
                                       state if state is not None and state["stage"] == "stage2" else None,
-                                      poll=lambda: stop.check("the test pass"), callbacks=callbacks)
+                                      poll=lambda: stop.check("the test pass"), callbacks=callbacks, progress=progress)
     stop.check("the test pass")
     timings["stage2"] = time.perf_counter() - start
 
