@@ -31,7 +31,7 @@ PREEMPTED = {"data": {"d": 32, "alpha": 8, "alpha2": 8, "n_test": 256}, "model":
              "sweep": {"seed": [0, 1]}}
 # 8 runs in 4 groups of seeds; the 4 runs of stage1.lr = 1e6 diverge (stage1 diverged by step 10)
 DIVERGING = {"data": {"d": 16, "alpha2": 8, "n_test": 256}, "model": {"width": 16, "init_scale": 1},
-             "stage1": {"steps": 20, "weight_decay": 0, "loss": "squared"},
+             "stage1": {"steps": 100, "weight_decay": 0, "loss": "squared"},
              "sweep": {"stage1.lr": [0.05, 1e6], "data.alpha": [4, 8], "seed": [0, 1]}}
 DIVERGED = re.compile(r"sweep run stage1\.lr=1000000\.0, data\.alpha=\d, seed=\d: stage 1 diverged by step \d+: the"
                       r" first-layer weights or the loss are not finite; lower stage1\.lr \(now 1000000\.0\)")
@@ -165,14 +165,16 @@ def test_a_diverging_run_is_recorded_as_failed_while_two_workers_finish_the_othe
 @pytest.mark.slow
 def test_two_slurm_sweeps_of_one_diverging_sweep_at_once_train_no_run_twice(diverging, cluster, tmp_path, monkeypatch):
     """Two `mim sweep FILE --slurm --wait` on one folder at once: each array task trains what is left
-    and skips the groups the other holds, the diverged runs are failed rows of the sequential
-    results.csv and both sweeps say so, and every group is trained by exactly one task."""
+    and skips the groups the other holds (its log says which; whether the two tasks meet on a group
+    depends on their start-up), the diverged runs are failed rows of the sequential results.csv and
+    both sweeps say so, and every group is trained by exactly one task."""
     path, csv = diverging
     out = tmp_path / "out"
     options = ["--slurm", "--wait", "--tasks", "1", "--cpus-per-task", "1", "--time", "10"]
     other = subprocess.Popen([MIM, "sweep", str(path), "--out", str(out), *options], env={**cluster.env, **NO_LIMIT},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    try:   # the second submission once the first is made, so that the two tasks train at the same time
+        poll(lambda: other.poll() is not None or list(out.glob("slurm/*_submitted.pkl")), "the first submission")
         monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
         here = invoke(path, "--out", out, "--no-limit", *options)   # this one in the test's process
         output = other.communicate(timeout=SECONDS)[0]
