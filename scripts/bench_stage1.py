@@ -51,7 +51,7 @@ def framework_fit_seconds(cfg) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         board = Board(Path(tmp) / "tensorboard")
         callbacks = [MetricHistory(cfg, board.scalars, eigenvectors(cfg)), DivergenceGuard(cfg)]
-        fabric = make_fabric(cfg, [], callbacks)
+        fabric = make_fabric(cfg)
         components, dm, network = build(cfg, fabric=fabric)
         module = Stage1Module(network, components.stage1_loss, cfg, dm.n("d1"), 1, lambda t: t,
                               torch.zeros(1, device=fabric.device), dm.U)

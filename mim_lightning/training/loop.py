@@ -24,8 +24,10 @@ from mim_lightning.errors import MimError
 CLUSTER_VARIABLES = ("MASTER_ADDR", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "WORLD_SIZE")
 
 
-def make_fabric(cfg: Config, loggers=(), callbacks=()) -> L.Fabric:
-    """The run's Fabric; bad trainer.* values become one-line MimErrors."""
+def make_fabric(cfg: Config) -> L.Fabric:
+    """The run's Fabric; bad trainer.* values become one-line MimErrors. It holds no loggers or
+    callbacks: a run writes TensorBoard through ``training.tensorboard`` and ``fit_stage`` calls
+    its callbacks itself."""
     t = cfg.trainer
     if t.num_nodes > 1 and not any(os.environ.get(v) for v in CLUSTER_VARIABLES):
         raise MimError(f"trainer.num_nodes = {t.num_nodes} needs a multi-node launcher: start every node with torchrun "
@@ -34,7 +36,7 @@ def make_fabric(cfg: Config, loggers=(), callbacks=()) -> L.Fabric:
     torch.set_float32_matmul_precision(t.matmul_precision)
     try:
         return L.Fabric(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                        precision=t.precision, loggers=list(loggers), callbacks=list(callbacks))
+                        precision=t.precision)
     except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MimError(f"trainer settings (accelerator={t.accelerator!r}, devices={t.devices!r}, "
@@ -46,9 +48,10 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
     """Full-batch steps ``first``..``last`` of a stage: each step runs ``module.training_step`` on
     every chunk of this rank's data and differentiates what it returns (gradients accumulate; DDP
     synchronises them on the last chunk only), then ``module.finish_step(optimizer)``, then the
-    ``on_step_end`` of ``callbacks`` (the Fabric's): looked up once per stage rather than through
-    ``Fabric.call``, which inspects every callback's signature on every call (a sixth of a step at
-    d = 64).
+    ``on_step_end`` of ``callbacks``; their ``on_stage_start`` and ``on_stage_end`` around the
+    stage. The hooks are looked up once per stage rather than registered with the Fabric and run
+    through ``Fabric.call``, which inspects every callback's signature on every call (a sixth of a
+    step at d = 64).
     ``optimizer_state`` restores the optimiser of a resumed stage."""
     if optimizer is not None:
         module.select_trained()
@@ -58,8 +61,11 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
     else:  # nothing to differentiate (the ridge solve)
         wrapped = module
     module.stage_optimizer = optimizer
-    fabric.call("on_stage_start", fabric=fabric, stage=stage, module=module)
-    step_hooks = [hook for hook in (getattr(c, "on_step_end", None) for c in callbacks) if callable(hook)]
+    hooks = {name: [hook for hook in (getattr(c, name, None) for c in callbacks) if callable(hook)]
+             for name in ("on_stage_start", "on_step_end", "on_stage_end")}
+    for hook in hooks["on_stage_start"]:
+        hook(fabric=fabric, stage=stage, module=module)
+    step_hooks = hooks["on_step_end"]
     step = first - 1
     for step in range(first, last + 1):
         batches = iter(chunks())
@@ -73,9 +79,10 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
                     fabric.backward(wrapped.training_step(batch, index))
             batch, index = following, index + 1
         module.finish_step(optimizer)
-        for hook in step_hooks:   # Fabric.call's semantics, resolved once: it inspects each signature per call
+        for hook in step_hooks:
             hook(fabric=fabric, stage=stage, module=module, step=step)
-    fabric.call("on_stage_end", fabric=fabric, stage=stage, module=module, step=step)
+    for hook in hooks["on_stage_end"]:
+        hook(fabric=fabric, stage=stage, module=module, step=step)
 
 
 class Clock:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -46,11 +47,39 @@ DENSE_MAX_D = 4096  # baseline.spectral = auto: the dense eigensolver up to this
 
 @dataclass
 class RunPlan:
-    """A run's components (looked up and probed once), its stage-2 solver and assumption report."""
+    """What is decided once before a run computes anything: its components (looked up and probed),
+    its stage-2 solver for its number of replicas, its Fabric (built, which checks the trainer
+    settings; launched by the run) and its assumption report."""
 
     components: RunComponents
     solver: str
+    fabric: L.Fabric
     assumptions: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """One run while it trains (``train_replicas``): what the stages share, passed down whole."""
+
+    cfg: Config
+    seeds: list[int]
+    plan: RunPlan
+    stop: StopRequest
+    state: dict | None            # the checkpoint resumed from, if any
+    outputs: dict                 # stage 1's results (restored from a stage-2 checkpoint)
+    history: MetricHistory
+    boards: list[Board]
+    callbacks: list               # the loop's callbacks: history, divergence guard, checkpoints, progress
+    progress: Progress
+    assumptions: list | None
+
+    @property
+    def fabric(self) -> L.Fabric:
+        return self.plan.fabric
+
+    def resumed(self, stage: str) -> dict | None:
+        """The checkpoint when the run resumes inside ``stage``, else None."""
+        return self.state if self.state is not None and self.state["stage"] == stage else None
 
 
 def solver_for(cfg: Config, replicas: int = 1) -> str:
@@ -68,14 +97,15 @@ def solver_for(cfg: Config, replicas: int = 1) -> str:
     return solver
 
 
-def plan_run(cfg: Config, check: bool = True, warn: bool = False, components: RunComponents | None = None) -> RunPlan:
+def plan_run(cfg: Config, check: bool = True, warn: bool = False, components: RunComponents | None = None,
+             replicas: int = 1) -> RunPlan:
     """Everything checkable before compute: component names, the components on probe inputs, the
-    solver, the trainer settings, and (``check``) the assumption checks of the link, stage-1 loss
-    and activation: each violation a one-line warning on stderr (``warn``), and with
-    ``checks.strict`` a MimError. ``components``: already looked up and probed."""
+    solver for ``replicas`` batched seeds, the trainer settings (the run's Fabric is built here),
+    and (``check``) the assumption checks of the link, stage-1 loss and activation: each violation
+    a one-line warning on stderr (``warn``), and with ``checks.strict`` a MimError.
+    ``components``: already looked up and probed."""
     components = components or resolve_run_components(cfg)
-    plan = RunPlan(components, solver_for(cfg))
-    make_fabric(cfg)
+    plan = RunPlan(components, solver_for(cfg, replicas), make_fabric(cfg))
     if check:
         plan.assumptions = jsonable(check_components(cfg.data.link, cfg.stage1.loss, cfg.model.activation, cfg.data.r))
         bad = violations(plan.assumptions)
@@ -90,8 +120,17 @@ def plan_run(cfg: Config, check: bool = True, warn: bool = False, components: Ru
 
 
 def validate(cfg: Config) -> None:
-    """``plan_run`` without the assumption checks (milliseconds): for sweeps, before any run."""
-    plan_run(cfg, check=False)
+    """``plan_run`` without the assumption checks (milliseconds): for sweeps, before any run. The
+    trainer settings are checked by building a Fabric once per distinct setting."""
+    resolve_run_components(cfg)
+    solver_for(cfg)
+    trainer = cfg.trainer.model_dump_json()
+    if trainer not in _checked_trainers:
+        make_fabric(cfg)
+        _checked_trainers.add(trainer)
+
+
+_checked_trainers: set[str] = set()   # trainer settings that built a Fabric in this process
 
 
 def eigenvectors(cfg: Config) -> np.ndarray:
@@ -225,13 +264,14 @@ def spectral_baseline(cfg: Config, components, d1: Callable[[], Iterable], dm, s
 
 
 def run_stage2(cfg: Config, components, dm, network, seeds, fabric=None, state: dict | None = None, poll=None,
-               callbacks=(), progress: Progress | None = None):
+               callbacks=(), progress: Progress | None = None, solver: str | None = None):
     """Stage 2 on D2 (from a stage-2 checkpoint ``state`` if given, its last objective included) and
     the test pass: (the stage-2 module, test relative MSE (K,)). ``poll()`` runs before each chunk of
-    the passes outside the steps; ``progress`` hears the test pass."""
+    the passes outside the steps; ``progress`` hears the test pass; ``solver``: the plan's (else
+    ``solver_for``)."""
     fabric = fabric or make_fabric(cfg)
     progress = progress or Progress({}, enabled=False)
-    solver = solver_for(cfg, replicas=len(seeds))
+    solver = solver or solver_for(cfg, replicas=len(seeds))
     stage2 = Stage2Module(network, components.stage2_loss, cfg, dm.n("d2"), fabric.world_size, _reducer(fabric),
                           solver, seeds)
     if state is not None and state.get("last_loss") is not None:
@@ -282,7 +322,8 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
                    stop: StopRequest | None = None, plan: RunPlan | None = None,
                    tensorboard_dirs: list[Path] | None = None, progress: bool = False) -> list[dict]:
     """K independent runs (one per seed) trained at once: one results dict per seed (the contract
-    fields of results.json).
+    fields of results.json). ``plan``: from ``plan_run`` with as many replicas (made here if not
+    given).
 
     TensorBoard: by default the first replica, in ``OUT/tensorboard`` (its HParams trial id OUT's
     name, with the HParams experiment: the columns); with ``tensorboard_dirs`` (one folder per seed)
@@ -290,10 +331,9 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     e.g. a sweep, writes it once with its swept keys first). ``progress``: rank zero shows what the
     run is doing on stderr (``training.progress``)."""
     seeds, out = list(seeds), Path(out)
-    plan = plan or plan_run(cfg, check=False)
-    solver = solver_for(cfg, replicas=len(seeds))
+    plan = plan or plan_run(cfg, check=False, replicas=len(seeds))
     stop = stop or StopRequest()
-    last = {"stage1": cfg.stage1.steps, "stage2": 1 if solver == "ridge" else cfg.stage2.steps}
+    last = {"stage1": cfg.stage1.steps, "stage2": 1 if plan.solver == "ridge" else cfg.stage2.steps}
     state = _resume_state(cfg, out, seeds, plan, last) if resume else None
     if tensorboard_dirs is not None and len(tensorboard_dirs) != len(seeds):
         raise ValueError(f"tensorboard_dirs: one folder per seed ({len(seeds)}), got {len(tensorboard_dirs)}")
@@ -301,51 +341,54 @@ def train_replicas(cfg: Config, out: Path, seeds, assumptions=None, resume: bool
     trials = [out.resolve().name] if tensorboard_dirs is None else [p.name for p in dirs]
     boards = [Board(p) for p in dirs]
     history = MetricHistory(cfg, [board.scalars for board in boards], eigenvectors(cfg))
-    outputs: dict = state["stage1"] if state is not None and state["stage"] == "stage2" else {}
-    if state is not None and state["stage"] == "stage1":
+    run = RunContext(cfg, seeds, plan, stop, state, {}, history, boards, [], Progress(last, enabled=False), assumptions)
+    if run.resumed("stage2") is not None:
+        run.outputs = state["stage1"]
+    if run.resumed("stage1") is not None:
         history.restore(state["history"], state.get("subspace_basis"))
-    key = config_hash(cfg.model_dump())
-
-    def snapshot(stage: str, step: int, module) -> dict:
-        history.flush()
-        for board in boards:   # the curves up to this checkpoint survive a kill: a resume has no gap
-            board.flush()
-        optimizer = module.stage_optimizer
-        return {"stage": stage, "step": step, "config_hash": key, "seeds": seeds,
-                "network": {k: v.detach().cpu() for k, v in module.network.state_dict().items()},
-                "optimizer": None if optimizer is None else optimizer.state_dict(),
-                "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
-                "last_loss": None if module.last_loss is None else module.last_loss.detach().cpu(),
-                "history": history.rows, "stage1": outputs,
-                "subspace_basis": None if history.tracker is None else history.tracker.state()}
-
-    saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, snapshot, last)
-    meter = Progress(last, enabled=False)
-    callbacks = [history, DivergenceGuard(cfg), saver, meter]
-    fabric = make_fabric(cfg, [], callbacks)
+    saver = StepCheckpoint(out / CHECKPOINT, cfg.checkpoint.every_n_steps, stop, lambda *a: snapshot(run, *a), last)
+    run.callbacks = [history, DivergenceGuard(cfg), saver, run.progress]
+    fabric = run.fabric
     fabric.launch()
-    meter.enabled = progress and fabric.is_global_zero
+    run.progress.enabled = progress and fabric.is_global_zero
     from mim_lightning.training.ranks import watch
     ranks = watch(fabric, stop)   # a rank that stops or dies ends every rank, with one line naming it
-    for k, board in enumerate(boards):
+    for k, board in enumerate(run.boards):
         board.enabled = fabric.is_global_zero
         if state is None:
             log_start(board, cfg.model_copy(update={"seed": seeds[k]}), trials[k], assumptions, tensorboard_dirs is None)
     try:
-        return _run_stages(cfg, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric, callbacks, meter)
+        return run_stages(run)
     except BaseException as exc:
         ranks.explain(exc)
         raise
     finally:  # a failed run's TensorBoard files keep what it logged; an error starts on its own line
-        meter.done()
-        for board in boards:
+        run.progress.done()
+        for board in run.boards:
             board.close()
 
 
-def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, history, boards, fabric,
-                callbacks, progress: Progress) -> list[dict]:
-    """The stages of ``train_replicas`` on its Fabric, from ``state`` (a checkpoint) if given."""
-    timings = dict(outputs.get("timings", {}))
+def snapshot(run: RunContext, stage: str, step: int, module) -> dict:
+    """The checkpoint of ``run`` at ``step`` of ``stage`` (its metrics and TensorBoard files are
+    flushed first, so that the curves up to a checkpoint survive a kill: a resume has no gap)."""
+    run.history.flush()
+    for board in run.boards:
+        board.flush()
+    optimizer, history = module.stage_optimizer, run.history
+    return {"stage": stage, "step": step, "config_hash": config_hash(run.cfg.model_dump()), "seeds": run.seeds,
+            "network": {k: v.detach().cpu() for k, v in module.network.state_dict().items()},
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "shift": getattr(module, "shift", torch.zeros(0)).detach().cpu(),
+            "last_loss": None if module.last_loss is None else module.last_loss.detach().cpu(),
+            "history": history.rows, "stage1": run.outputs,
+            "subspace_basis": None if history.tracker is None else history.tracker.state()}
+
+
+def run_stages(run: RunContext) -> list[dict]:
+    """The stages of a run on its launched Fabric, from its checkpoint if it resumes: data and
+    network, stage 1 and the spectral baseline, stage 2 and the test pass, the results."""
+    cfg, stop, progress = run.cfg, run.stop, run.progress
+    timings = dict(run.outputs.get("timings", {}))
     start = time.perf_counter()
     progress.phase("generating the data", "blocks of samples")
 
@@ -353,33 +396,34 @@ def _run_stages(cfg: Config, seeds, assumptions, stop, plan, state, outputs, his
         stop.check("data generation")
         progress.tick()
 
-    components, dm, network = build(cfg, seeds, plan.components, fabric, poll=poll_generation)
+    components, dm, network = build(cfg, run.seeds, run.plan.components, run.fabric, poll=poll_generation)
     progress.done()
-    if state is not None:
-        network.load_state_dict(state["network"])
-    if state is None or state["stage"] == "stage1":
-        shift, baselines = run_stage1(cfg, components, dm, network, fabric, state,
+    if run.state is not None:
+        network.load_state_dict(run.state["network"])
+    if run.resumed("stage2") is None:
+        shift, baselines = run_stage1(cfg, components, dm, network, run.fabric, run.resumed("stage1"),
                                       poll=lambda: stop.check("the spectral baseline and data passes of stage 1"),
-                                      callbacks=callbacks, progress=progress)
+                                      callbacks=run.callbacks, progress=progress)
         stop.check("stage1")
         timings["stage1"] = time.perf_counter() - start
         timings.update(baselines["seconds"])
-        outputs.update({"history": history.rows, "timings": dict(timings),
-                        "spectral": {order: cos.tolist() for order, cos in baselines["spectral"].items()},
-                        "spectral_uncentred": {order: cos.tolist() for order, cos in baselines["spectral_uncentred"].items()},
-                        "unbounded_fraction": baselines["unbounded_fraction"].tolist(),
-                        "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
-        for k, board in enumerate(boards):
-            log_references(board, cfg, spectral_family(outputs, k, cfg.stage1.center), k)
+        run.outputs.update({
+            "history": run.history.rows, "timings": dict(timings),
+            "spectral": {order: cos.tolist() for order, cos in baselines["spectral"].items()},
+            "spectral_uncentred": {order: cos.tolist() for order, cos in baselines["spectral_uncentred"].items()},
+            "unbounded_fraction": baselines["unbounded_fraction"].tolist(),
+            "direction_mass": eigen_direction_mass(cfg, network.W, dm.U).tolist()})
+        for k, board in enumerate(run.boards):
+            log_references(board, cfg, spectral_family(run.outputs, k, cfg.stage1.center), k)
     start = time.perf_counter()
-    stage2, test_rel_mse = run_stage2(cfg, components, dm, network, seeds, fabric,
-                                      state if state is not None and state["stage"] == "stage2" else None,
-                                      poll=lambda: stop.check("the test pass"), callbacks=callbacks, progress=progress)
+    stage2, test_rel_mse = run_stage2(cfg, components, dm, network, run.seeds, run.fabric, run.resumed("stage2"),
+                                      poll=lambda: stop.check("the test pass"), callbacks=run.callbacks,
+                                      progress=progress, solver=run.plan.solver)
     stop.check("the test pass")
     timings["stage2"] = time.perf_counter() - start
 
-    results = [replica_results(cfg.model_copy(update={"seed": seed}), k, outputs, stage2.last_loss, test_rel_mse,
-                               assumptions, timings) for k, seed in enumerate(seeds)]
-    for board, replica in zip(boards, results):
+    results = [replica_results(cfg.model_copy(update={"seed": seed}), k, run.outputs, stage2.last_loss, test_rel_mse,
+                               run.assumptions, timings) for k, seed in enumerate(run.seeds)]
+    for board, replica in zip(run.boards, results):
         log_final(board, cfg, replica)
     return results
