@@ -153,7 +153,7 @@ def markdown(entries) -> str:
             a, x = e["alphas"], e["levels"][str(level)]
             failed = f" ({e['failed']} failed)" if e["failed"] else ""
             bo = x["alpha_bayes"]
-            which = (x["spectral_estimator"] or "none").replace("_", ", ")
+            which = "none reaches it" if math.isinf(x["spectral"]["alpha"]) else x["spectral_estimator"].replace("_", ", ")
             lines.append(f"| {e['link']} (r = {e['r']}), `{e['loss']}`, {e['eta1']:g} | {e['d']} | {e['seeds']}{failed}"
                          f" | {show(bo, a)} | {show_interval(x['network'], a)} | {show_interval(x['network'], a, bo)}"
                          f" | {show_interval(x['spectral'], a)} ({which}) | {show_interval(x['spectral'], a, bo)} |")
