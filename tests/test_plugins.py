@@ -119,6 +119,27 @@ def test_train_with_the_example_plugin(example_plugin, monkeypatch, tmp_path):
     assert results["config"]["stage1"]["loss"] == "fair"
 
 
+def test_the_example_plugins_link_makes_the_labels(example_plugin, monkeypatch):
+    """The labels a run trains on come from the plugin's g(z) = z1^2 - z2^2 + z1 (z2^2 - 1) / 2 at
+    z = U x: Hermite projections E[y He2(z1)] = 2, E[y z1 He2(z2)] = 1, E[y He2(z2)] = -2, E[y] = 0
+    (each within 5 standard errors over D1), which no built-in link has together."""
+    import torch
+
+    from mim_lightning.config import load_config
+    from mim_lightning.training.run import build
+
+    use_plugins(monkeypatch, "example")
+    cfg = load_config(None, [*TINY, *EXAMPLE_SETS, "data.d=16", "data.alpha=4000"])
+    _, dm, _ = build(cfg)
+    x, y = (t[0].double() for t in dm.tensors["d1"])
+    z = x @ dm.U[0].double().T
+    he2 = z * z - 1
+    for feature, want in ((he2[:, 0], 2.0), (z[:, 0] * he2[:, 1], 1.0), (he2[:, 1], -2.0), (torch.ones_like(y), 0.0)):
+        product = y * feature
+        error = product.std() / len(y) ** 0.5
+        assert abs(product.mean().item() - want) < 5 * error.item(), (want, product.mean().item(), error.item())
+
+
 def test_example_plugin_satisfies_the_assumptions(example_plugin, monkeypatch):
     use_plugins(monkeypatch, "example")
     result = run("check", "--link", "cubic_saddle", "--loss", "fair", "--activation", "u_tanh", "--json")

@@ -20,6 +20,10 @@ from mim_lightning.training.history import snapshot_slots
 
 FLOAT, DOUBLE = 4, 8
 ACTIVATION_COPIES = 6   # pre-activation, activation, their gradients, f and the loss per sample and neuron
+# the dense baseline per entry of its d x d matrix: the float32 pass sum, a chunk's product and the
+# scaled sum (12), the float64 copy (8), eigh's working copy and eigenvectors (16), LAPACK syevd's
+# workspace of about 2 d^2 doubles (16); tests/test_scale.py measures the peak against it
+DENSE_BYTES_PER_ENTRY = 3 * FLOAT + 6 * DOUBLE
 KRYLOV_COLUMNS = (MAX_BLOCKS + 1) * DEFAULT_BLOCK  # the matrix-free solver's basis (restarted) and its next block
 
 
@@ -111,7 +115,7 @@ def run_memory(cfg, replicas: int, stored_bytes: int, chunk_rows: int, streamed:
                                              "lower metrics.flush_every_n_steps"),
     }
     if spectral == "dense":
-        parts["the dense spectral baseline"] = (3 * DOUBLE * K * d * d, "set baseline.spectral=matrix_free (or off)")
+        parts["the dense spectral baseline"] = (DENSE_BYTES_PER_ENTRY * K * d * d, "set baseline.spectral=matrix_free (or off)")
     elif spectral == "matrix_free":
         shifts = 2 if cfg.baseline.uncentred and cfg.stage1.center else 1   # centred and uncentred, solved together
         parts["the matrix-free spectral baseline"] = (DOUBLE * shifts * K * d * KRYLOV_COLUMNS,
