@@ -167,7 +167,7 @@ def test_two_slurm_sweeps_of_one_diverging_sweep_at_once_train_no_run_twice(dive
     """Two `mim sweep FILE --slurm --wait` on one folder at once: each array task trains what is left
     and skips the groups the other holds (its log says which; whether the two tasks meet on a group
     depends on their start-up), the diverged runs are failed rows of the sequential results.csv and
-    both sweeps say so, and every group is trained by exactly one task."""
+    both sweeps say so, and every run is trained by exactly one task."""
     path, csv = diverging
     out = tmp_path / "out"
     options = ["--slurm", "--wait", "--tasks", "1", "--cpus-per-task", "1", "--time", "10"]
@@ -189,9 +189,10 @@ def test_two_slurm_sweeps_of_one_diverging_sweep_at_once_train_no_run_twice(dive
     assert (out / "results.csv").read_text() == csv
     assert sum(map(trained, outputs)) == 8, outputs
     logs = "".join(p.read_text() for p in (out / "slurm").glob("*_log.err"))
-    groups = re.findall(r"mim sweep task: trained (.*)", logs)
-    assert sorted(groups) == sorted({f"stage1.lr={lr}, data.alpha={alpha} (seeds 0, 1 batched)"
-                                     for lr in ("0.05", "1000000.0") for alpha in (4, 8)}), logs
+    lines = re.findall(r"mim sweep task: trained (.*) \(seeds ([\d, ]+) batched\)", logs)
+    runs = [(values, seed) for values, seeds in lines for seed in seeds.split(", ")]
+    assert sorted(runs) == sorted((f"stage1.lr={lr}, data.alpha={alpha}", seed)
+                                  for lr in ("0.05", "1000000.0") for alpha in (4, 8) for seed in "01"), logs
     assert len(DIVERGED.findall(logs)) >= 4, logs   # each diverged seed warned in the log of the task that trained it
 
 

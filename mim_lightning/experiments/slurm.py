@@ -2,8 +2,8 @@
 with submitit (``pip install 'mim-lightning[slurm]'``).
 
 Array task i trains the groups i, i + T, i + 2T, ... of the runs left to train (T tasks), as the
-sequential sweep does (``execute.train_todo``: each run writes its own folder, a folder locked by
-another process is skipped). submitit's files (the pickled tasks, each task's log) go to
+sequential sweep does (``train_share``: each run writes its own folder; a run whose folder another
+process holds is skipped alone, and tried again once it is free and not done). submitit's files (the pickled tasks, each task's log) go to
 ``OUT/slurm/``. The sweep collects the results through ``execute.cached``: at once with
 ``--wait``, else by running ``mim sweep FILE`` again once the array has ended.
 
@@ -26,8 +26,8 @@ from typing import Callable
 import click
 
 from mim_lightning.errors import MimError
-from mim_lightning.experiments.execute import (Assumptions, Trainer, cached, describe_group, folder_of, missing_groups,
-                                               train_todo)
+from mim_lightning.experiments.execute import (Assumptions, Busy, Trainer, batchable, cached, describe_group, folder_of,
+                                               missing_groups, train_group, train_one)
 from mim_lightning.experiments.grid import Run
 from mim_lightning.experiments.launch_options import Submitted
 from mim_lightning.training import run as runner
@@ -56,12 +56,35 @@ class TaskStop(StopRequest):
         return self
 
 
+def train_share(group: list[Run], out: Path, assumptions: Assumptions, stop: StopRequest) -> list[Run]:
+    """Train a group of seeds as ``execute.train_todo`` does (batched when its solver allows, else
+    or when a replica failed on its own one by one), except that a run folder held by another
+    process skips that run alone, not the rest of the group; the runs trained here."""
+    try:
+        if len(group) > 1 and batchable(group[0].cfg) and train_group(group, out, assumptions, stop) is not None:
+            return list(group)
+    except Busy:
+        pass   # the runs of the group that nobody holds, one by one
+    trained = []
+    for run in group:
+        try:
+            train_one(run, out, assumptions, stop)
+        except Busy:
+            continue
+        trained.append(run)
+    return trained
+
+
 class SweepShare:
     """One array task: trains its share of the groups of seeds in ``out``; returns the keys of
-    the runs it did not train (held by another process, or done by one before the task looked:
-    the sweep counts them as another process's). Its log says what it did with each group.
-    Stopped by a signal, it asks submitit to requeue it (``checkpoint``); ``trained`` (the keys
-    it trained) travels with the requeued task, so that its own runs stay its own."""
+    the runs it did not train (held by another process, or done by one: the sweep counts them as
+    another process's). Its log says what it did with each group. A run skipped as held is tried
+    again (``RETRIES`` more passes) once nobody holds it and it is not done: a sweep that looks
+    whether a folder is in use holds its lock for an instant. Stopped by a signal, it asks
+    submitit to requeue it (``checkpoint``); ``trained`` (the keys it trained) travels with the
+    requeued task, so that its own runs stay its own."""
+
+    RETRIES = 2
 
     def __init__(self):
         self.trained: list[str] = []
@@ -74,19 +97,29 @@ class SweepShare:
         assumptions = Assumptions(lambda cfg: runner.plan_run(cfg, check=True, warn=False).assumptions)
         todo = missing_groups(groups, out, {})
         left = {run.key for group in todo for run in group}
-        skipped = [run.key for group in groups for run in group if run.key not in left and run.key not in self.trained]
-        if skipped:
-            click.echo(f"mim sweep task: {len(skipped)} of its runs were done by another process", err=True)
+        done = [run.key for group in groups for run in group if run.key not in left and run.key not in self.trained]
+        if done:
+            click.echo(f"mim sweep task: {len(done)} of its runs were done by another process", err=True)
         stopped = None
         with TaskStop() as stop:
             try:
-                for group in todo:
-                    if train_todo(group, out, assumptions, stop):
-                        self.trained += [run.key for run in group]
-                        click.echo(f"mim sweep task: trained {describe_group(group)}", err=True)
-                    else:
-                        skipped += [run.key for run in group]
-                        click.echo(f"mim sweep task: skipped {describe_group(group)}: held by another process", err=True)
+                for attempt in range(self.RETRIES + 1):
+                    if attempt:   # the runs skipped as held that nobody holds now and nobody has done
+                        todo = [free for group in missing_groups(todo, out, {})
+                                if (free := [run for run in group if not folder_of(out, run).in_use()])]
+                    busy = []
+                    for group in todo:
+                        trained = train_share(group, out, assumptions, stop)
+                        self.trained += [run.key for run in trained]
+                        if trained:
+                            click.echo(f"mim sweep task: trained {describe_group(trained)}", err=True)
+                        if held := [run for run in group if run not in trained]:
+                            busy.append(held)
+                            click.echo(f"mim sweep task: skipped {describe_group(held)}: held by another process",
+                                       err=True)
+                    todo = busy
+                    if not todo:
+                        break
             except (KeyboardInterrupt, Interrupted) as exc:
                 if not callable(requeue):
                     raise
@@ -94,7 +127,7 @@ class SweepShare:
         if stopped is not None:
             click.echo(f"mim sweep task: {stopped}; asking SLURM to requeue it", err=True)
             requeue(signal.SIGUSR2, None)
-        return skipped
+        return [run.key for group in groups for run in group if run.key not in self.trained]
 
     def checkpoint(self, *args, **kwargs):
         """What submitit submits again on requeue: this task with the same share."""
