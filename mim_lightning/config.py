@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from mim_lightning.core.limits import MAX_R
 from mim_lightning.config_yaml import cut, parse_override, read_yaml, set_dotted, short
@@ -204,16 +205,22 @@ class Config(Section):
         return round(self.data.alpha2 * self.data.d)
 
 
-def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """Every valid dotted key of the config tree."""
-    keys = []
+def key_fields(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, FieldInfo]:
+    """{dotted key: its pydantic field} for every leaf of the config tree, in the config's order
+    (the one walk of the tree: keys, HParams and the reference pages start from it)."""
+    fields = {}
     for name, info in model.model_fields.items():
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += all_keys(annotation, f"{prefix}{name}.")
+            fields.update(key_fields(annotation, f"{prefix}{name}."))
         else:
-            keys.append(prefix + name)
-    return keys
+            fields[prefix + name] = info
+    return fields
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key of the config tree."""
+    return list(key_fields())
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -15,7 +15,6 @@ import time
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
@@ -25,7 +24,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 
-from mim_lightning.config import Config, flatten
+from mim_lightning.config import Config, flatten, key_fields
 from mim_lightning.training.event_file import EventFile
 
 #: HParams columns first (after the swept keys of a sweep): what defines a run
@@ -280,16 +279,9 @@ def _kind(annotation) -> str:
     return "string"
 
 
-def config_fields(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, tuple[str, str]]:
+def config_fields() -> dict[str, tuple[str, str]]:
     """{dotted key: (kind, description)} of every config key, in the config's order."""
-    fields = {}
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            fields.update(config_fields(annotation, f"{prefix}{name}."))
-        else:
-            fields[prefix + name] = (_kind(annotation), info.description or "")
-    return fields
+    return {key: (_kind(info.annotation), info.description or "") for key, info in key_fields().items()}
 
 
 def hparam_order(first=()) -> list[str]:
