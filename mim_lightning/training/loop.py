@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
@@ -43,6 +43,25 @@ def make_fabric(cfg: Config) -> L.Fabric:
                        f"strategy={t.strategy!r}, precision={t.precision!r}): {first}") from None
 
 
+@runtime_checkable
+class StageModule(Protocol):
+    """What the loop, the callbacks and the checkpoints use of a stage's LightningModule (and
+    nothing else): the network it trains, the objective of its last pass (K,), the optimiser the
+    loop set up (checkpoints save it), which parameters it trains, a chunk's share of the
+    full-batch objective, and the end of a step. Stage 1's module also has ``U`` (the hidden
+    subspace, which the metrics measure against) and ``shift`` (the centring)."""
+
+    network: torch.nn.Module
+    last_loss: torch.Tensor | None
+    stage_optimizer: torch.optim.Optimizer | None
+
+    def select_trained(self) -> None: ...
+
+    def training_step(self, batch, batch_idx) -> torch.Tensor | None: ...
+
+    def finish_step(self, optimizer) -> None: ...
+
+
 def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: str, first: int, last: int,
               optimizer=None, optimizer_state: dict | None = None, callbacks: Sequence = ()) -> None:
     """Full-batch steps ``first``..``last`` of a stage: each step runs ``module.training_step`` on
@@ -52,7 +71,11 @@ def fit_stage(fabric: L.Fabric, module, chunks: Callable[[], Iterable], stage: s
     stage. The hooks are looked up once per stage rather than registered with the Fabric and run
     through ``Fabric.call``, which inspects every callback's signature on every call (a sixth of a
     step at d = 64).
-    ``optimizer_state`` restores the optimiser of a resumed stage."""
+    ``optimizer_state`` restores the optimiser of a resumed stage. ``module``: a ``StageModule``."""
+    if not isinstance(module, StageModule):
+        missing = [name for name in ("network", "last_loss", "stage_optimizer", "select_trained", "training_step",
+                                     "finish_step") if not hasattr(module, name)]
+        raise TypeError(f"fit_stage needs a StageModule; {type(module).__name__} lacks {', '.join(missing)}")
     if optimizer is not None:
         module.select_trained()
         wrapped, optimizer = fabric.setup(module, optimizer)
