@@ -1,5 +1,5 @@
 """Where a recovery curve crosses a level, with seed-bootstrap confidence intervals (the limit table
-of scripts/limit_table.py, docs/experiments.md#6-how-near-the-limit). Pure Python, no torch.
+of scripts/limit_table.py, experiment 6 of docs/experiments.md). Pure Python, no torch.
 
 A mean-over-seeds curve of the smallest principal cosine against alpha need not be monotone (a
 seed that finds the subspace at one alpha and loses it at the next), so the crossing used here is
