@@ -124,8 +124,8 @@ def test_a_preempted_task_is_requeued_and_resumes_with_the_numbers_of_an_uninter
     assert state["Reason"] == "BeginTime", state
     assert cluster.client(["scontrol", "update", f"JobId={task}", "StartTime=now"]).returncode == 0
     poll(lambda: not cluster.client(["squeue", "-h", "-j", task]).stdout.strip(), "the requeued task to end", every=0.5)
-    assert job_state(cluster, task)["JobState"] == "COMPLETED"
     log = (out / "slurm" / f"{task}_0_log.err").read_text()
+    assert job_state(cluster, task)["JobState"] == "COMPLETED", log
     stop = re.search(r"mim sweep task: stopped by SIGTERM in stage1 after step (\d+); checkpoint saved to .*;"
                      r" asking SLURM to requeue it", log)
     assert stop is not None, log
