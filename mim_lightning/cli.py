@@ -54,7 +54,27 @@ def friendly_errors(command=None, *, exit_code: int = 1):
 
 
 class MimGroup(click.Group):
-    """Lists each command with its whole first sentence (click cuts it to the terminal width)."""
+    """Lists each command with its whole first sentence (click cuts it to the terminal width), and
+    reports click's own usage errors (a bad option value, an unknown option, a missing argument)
+    in one line, as every other error: 'Error: <what>; see 'mim CMD --help'', exit 2 (click shows
+    the usage and a hint on lines of their own)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "mim"
+            click.echo(f"Error: {exc.format_message().rstrip('.')}; see '{where} --help'", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def format_commands(self, ctx, formatter):
         rows = []

@@ -298,3 +298,18 @@ def test_a_float64_activation_trains(hostile, tmp_path):
     result = invoke(tmp_path, *sets("model.activation=float64_act"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test_rel_mse"] >= 0
+
+
+@pytest.mark.parametrize("args, line", [
+    (["theory", "--r", "abc"], "Error: Invalid value for '--r': 'abc' is not a valid integer; see 'mim theory --help'"),
+    (["sweep", "x.yaml", "--max-runs", "0"], "Error: Invalid value for '--max-runs': 0 is not in the range x>=1;"
+                                              " see 'mim sweep --help'"),
+    (["train", "--seed", "1"], "Error: No such option '--seed'. Did you mean '--set'?; see 'mim train --help'"),
+    (["trian"], "Error: No such command 'trian'. Did you mean 'train'?; see 'mim --help'"),
+])
+def test_click_usage_errors_are_one_line(args, line):
+    """click's own usage errors (a value of the wrong type or range, an unknown option or command)
+    come in one line with where to look, exit 2, like every other error."""
+    result = CliRunner().invoke(main, args, prog_name="mim")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [line]
