@@ -36,6 +36,7 @@ DIVERGING = {"data": {"d": 16, "alpha2": 8, "n_test": 256}, "model": {"width": 1
 DIVERGED = re.compile(r"sweep run stage1\.lr=1000000\.0, data\.alpha=\d, seed=\d: stage 1 diverged by step \d+: the"
                       r" first-layer weights or the loss are not finite; lower stage1\.lr \(now 1000000\.0\)")
 FIELDS = ("principal_cosines", "subspace_mass", "test_rel_mse", "spectral_principal_cosines", "stage2_loss")
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 SECONDS = 240   # the longest wait for a SLURM job here (a task imports torch and Lightning in 15-20 s)
 
 
@@ -123,9 +124,11 @@ def test_a_preempted_task_is_requeued_and_resumes_with_the_numbers_of_an_uninter
                  and s, "the requeue")
     assert state["Reason"] == "BeginTime", state
     assert cluster.client(["scontrol", "update", f"JobId={task}", "StartTime=now"]).returncode == 0
-    poll(lambda: not cluster.client(["squeue", "-h", "-j", task]).stdout.strip(), "the requeued task to end", every=0.5)
+    # the job's own state, not squeue's listing (an squeue that fails under load lists nothing)
+    ended = poll(lambda: (s := job_state(cluster, task)).get("JobState") in ENDED and s, "the requeued task to end",
+                 every=0.5)
     log = (out / "slurm" / f"{task}_0_log.err").read_text()
-    assert job_state(cluster, task)["JobState"] == "COMPLETED", log
+    assert ended["JobState"] == "COMPLETED" and ended["Restarts"] == "1", (ended, log)
     stop = re.search(r"mim sweep task: stopped by SIGTERM in stage1 after step (\d+); checkpoint saved to .*;"
                      r" asking SLURM to requeue it", log)
     assert stop is not None, log
