@@ -196,7 +196,8 @@ def run_in_folder(cfg, folder, resume: bool, default=None, overwrite: bool = Fal
 
     from mim_lightning.analysis.report import run_summary
     from mim_lightning.training.checkpoints import StopRequest
-    from mim_lightning.training.run import plan_run, train_replicas
+    from mim_lightning.training.plan import plan_run
+    from mim_lightning.training.run import train_replicas
     from mim_lightning.training.run_folder import RunFolder
 
     quiet_lightning()

@@ -20,7 +20,8 @@ from mim_lightning.config import load_config
 from mim_lightning.errors import MimError
 from mim_lightning.training import checkpoints
 from mim_lightning.training.checkpoints import CHECKPOINT, load_checkpoint
-from mim_lightning.training.run import _resume_state, plan_run
+from mim_lightning.training.plan import plan_run
+from mim_lightning.training.run import _resume_state
 
 MIM = shutil.which("mim") or os.path.join(os.path.dirname(sys.executable), "mim")
 SMALL = ["data.d=16", "data.alpha=8", "data.alpha2=8", "data.n_test=256", "model.width=16",

@@ -28,6 +28,7 @@ from mim_lightning.config import Config
 from mim_lightning.errors import Interrupted, MimError, RunFailed
 from mim_lightning.experiments import board
 from mim_lightning.experiments.grid import Run, Sweep, describe, without_seed
+from mim_lightning.training import plan as planning
 from mim_lightning.training import run as runner
 from mim_lightning.training.checkpoints import StopRequest
 from mim_lightning.training.results_schema import results_problem
@@ -64,7 +65,7 @@ def batchable(cfg: Config) -> bool:
     """Whether several seeds of this config may be trained as one batched run with the same numbers
     as separate runs: not when the stage-2 solver is lbfgs (``solver=auto`` with a non-squared
     loss included)."""
-    return runner.solver_for(cfg, replicas=1) != "lbfgs"
+    return planning.solver_for(cfg, replicas=1) != "lbfgs"
 
 
 def describe_group(group: list[Run]) -> str:
@@ -144,11 +145,11 @@ def claimed(folders: list[RunFolder], configs: list[Config]):
 
 
 class Assumptions:
-    """The assumption report of each combination of components (``runner.plan_run``, computed once
+    """The assumption report of each combination of components (``planning.plan_run``, computed once
     per combination, so that each violation warns once; with ``checks.strict`` a refusal)."""
 
     def __init__(self, checks: Callable[[Config], list] | None = None):
-        self.checks = checks or (lambda cfg: runner.plan_run(cfg, check=True, warn=rank_zero()).assumptions)
+        self.checks = checks or (lambda cfg: planning.plan_run(cfg, check=True, warn=rank_zero()).assumptions)
         self.reports: dict[tuple, list] = {}
 
     def __call__(self, cfg: Config) -> list:
@@ -303,7 +304,7 @@ def execute(sweep: Sweep, out: Path, checks: Callable[[Config], list] | None = N
     returns the groups it skipped because another process held them; those are waited for, then
     collected or handed to the trainer again. Every result is read back through ``cached``.
 
-    ``checks(cfg)`` gives a run's assumption report (default: ``runner.plan_run``'s, which warns
+    ``checks(cfg)`` gives a run's assumption report (default: ``planning.plan_run``'s, which warns
     about each violation and refuses under ``checks.strict``; asked once per combination)."""
     results: dict[str, dict] = {}
     todo = missing_groups(seed_groups(sweep.runs), out, results)

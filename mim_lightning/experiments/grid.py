@@ -245,7 +245,7 @@ def load_sweep(path: str | Path, overrides=(), max_runs: int = MAX_RUNS) -> Swee
     training stack (component lookups and probes, solver, trainer settings), before anything is
     trained."""
     sweep = check_sweep(path, overrides, max_runs)
-    from mim_lightning.training.run import validate  # torch and Lightning: only for a file that passed the checks
+    from mim_lightning.training.plan import validate  # torch and Lightning: only for a file that passed the checks
 
     validated = set()
     for run in sweep.runs:
