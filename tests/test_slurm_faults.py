@@ -245,8 +245,6 @@ def test_mim_train_in_an_salloc_shell_runs_as_on_a_laptop(tmp_path, monkeypatch)
         assert results == expected
 
 
-@pytest.mark.xfail(strict=True, reason="training/loop.make_fabric lets Lightning take an salloc shell with --ntasks and"
-                   " a job name of its own for a SLURM task ('You set `--ntasks=2` in your SLURM bash script')")
 def test_mim_train_in_a_named_salloc_shell_with_tasks_runs_as_on_a_laptop(tmp_path, monkeypatch):
     """`salloc -n 2 -J name`: SLURM_NTASKS=2 and a job name other than 'interactive' or 'bash'."""
     result, results = train_in(tmp_path, monkeypatch, {**SALLOC, "SLURM_JOB_NAME": "sweep", "SLURM_NTASKS": "2",

@@ -225,29 +225,36 @@ def train_one(run: Run, out: Path, assumptions: Assumptions, stop: StopRequest |
     return results
 
 
-def train_todo(group: list[Run], out: Path, assumptions: Assumptions, stop: StopRequest | None = None) -> bool:
+def train_todo(group: list[Run], out: Path, assumptions: Assumptions, stop: StopRequest | None = None) -> list[Run]:
     """Train a group of seeds: as one batched run when its solver allows (``train_group``), else,
-    or when a replica failed on its own, one by one (``train_one``); False when a run folder was
-    busy (``Busy``: the rest of the group is left for later)."""
+    or when a replica failed on its own, one by one (``train_one``). A folder held by another
+    process (``Busy``) leaves a batched group untrained (it is tried again later, still batched),
+    and in the one-by-one path that run alone. Returns the runs trained here (a run that failed on
+    its own terms counts: its folder records the failure)."""
     try:
         if len(group) > 1 and batchable(group[0].cfg) and train_group(group, out, assumptions, stop) is not None:
-            return True
-        for run in group:
-            train_one(run, out, assumptions, stop)
+            return list(group)
     except Busy:
-        return False
-    return True
+        return []
+    trained = []
+    for run in group:
+        try:
+            train_one(run, out, assumptions, stop)
+        except Busy:
+            continue
+        trained.append(run)
+    return trained
 
 
 def sequential(todo: list[list[Run]], out: Path, assumptions: Assumptions, stop: StopRequest | None,
                advance: Callable[[int], None]) -> list[list[Run]]:
-    """Train the groups one after another in this process; the groups skipped as busy."""
+    """Train the groups one after another in this process; the runs skipped as busy, by group."""
     skipped = []
     for group in todo:
-        if train_todo(group, out, assumptions, stop):
-            advance(len(group))
-        else:
-            skipped.append(group)
+        trained = train_todo(group, out, assumptions, stop)
+        advance(len(trained))
+        if held := [run for run in group if run not in trained]:
+            skipped.append(held)
     return skipped
 
 

@@ -2,7 +2,7 @@
 with submitit (``pip install 'mim-lightning[slurm]'``).
 
 Array task i trains the groups i, i + T, i + 2T, ... of the runs left to train (T tasks), as the
-sequential sweep does (``train_share``: each run writes its own folder; a run whose folder another
+sequential sweep does (``execute.train_todo``: each run writes its own folder; a run whose folder another
 process holds is skipped alone, and tried again once it is free and not done). submitit's files (the pickled tasks, each task's log) go to
 ``OUT/slurm/``. The sweep collects the results through ``execute.cached``: at once with
 ``--wait``, else by running ``mim sweep FILE`` again once the array has ended.
@@ -26,11 +26,11 @@ from typing import Callable
 import click
 
 from mim_lightning.errors import MimError
-from mim_lightning.experiments.execute import (Assumptions, Busy, Trainer, batchable, cached, describe_group, folder_of,
-                                               missing_groups, train_group, train_one)
+from mim_lightning.experiments.execute import (Assumptions, Trainer, cached, describe_group, folder_of, missing_groups,
+                                               train_todo)
 from mim_lightning.experiments.grid import Run
 from mim_lightning.experiments.launch_options import Submitted
-from mim_lightning.training import run as runner
+from mim_lightning.training import plan as planning
 from mim_lightning.training.checkpoints import Interrupted, StopRequest
 
 POLL_SECONDS = 2.0     # how often ``--wait`` looks at the array
@@ -56,25 +56,6 @@ class TaskStop(StopRequest):
         return self
 
 
-def train_share(group: list[Run], out: Path, assumptions: Assumptions, stop: StopRequest) -> list[Run]:
-    """Train a group of seeds as ``execute.train_todo`` does (batched when its solver allows, else
-    or when a replica failed on its own one by one), except that a run folder held by another
-    process skips that run alone, not the rest of the group; the runs trained here."""
-    try:
-        if len(group) > 1 and batchable(group[0].cfg) and train_group(group, out, assumptions, stop) is not None:
-            return list(group)
-    except Busy:
-        pass   # the runs of the group that nobody holds, one by one
-    trained = []
-    for run in group:
-        try:
-            train_one(run, out, assumptions, stop)
-        except Busy:
-            continue
-        trained.append(run)
-    return trained
-
-
 class SweepShare:
     """One array task: trains its share of the groups of seeds in ``out``; returns the keys of
     the runs it did not train (held by another process, or done by one: the sweep counts them as
@@ -94,7 +75,7 @@ class SweepShare:
 
         quiet_lightning()
         requeue = signal.getsignal(signal.SIGUSR2)   # submitit's: checkpoint, requeue, exit
-        assumptions = Assumptions(lambda cfg: runner.plan_run(cfg, check=True, warn=False).assumptions)
+        assumptions = Assumptions(lambda cfg: planning.plan_run(cfg, check=True, warn=False).assumptions)
         todo = missing_groups(groups, out, {})
         left = {run.key for group in todo for run in group}
         done = [run.key for group in groups for run in group if run.key not in left and run.key not in self.trained]
@@ -109,7 +90,7 @@ class SweepShare:
                                 if (free := [run for run in group if not folder_of(out, run).in_use()])]
                     busy = []
                     for group in todo:
-                        trained = train_share(group, out, assumptions, stop)
+                        trained = train_todo(group, out, assumptions, stop)
                         self.trained += [run.key for run in trained]
                         if trained:
                             click.echo(f"mim sweep task: trained {describe_group(trained)}", err=True)

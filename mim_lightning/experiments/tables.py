@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mim_lightning.analysis.theory import population_moments
+from mim_lightning.training.run_folder import write_atomic
 
 if TYPE_CHECKING:
     from mim_lightning.experiments.grid import Sweep
@@ -117,10 +119,13 @@ def columns(sweep: Sweep) -> list[str]:
 
 
 def write_csv(sweep: Sweep, rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns(sweep), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """results.csv, written atomically (a reader, or a second sweep writing the same file, never
+    sees half of it)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(sweep), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(Path(path), text.getvalue())
 
 
 def grouped(rows: list[dict], keys: list[str]) -> list[tuple[tuple, list[dict]]]:

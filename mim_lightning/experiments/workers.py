@@ -25,7 +25,7 @@ from mim_lightning.errors import MimError
 from mim_lightning.experiments.execute import Assumptions, Trainer, sequential, train_todo
 from mim_lightning.experiments.grid import Run
 from mim_lightning.experiments.launch_options import auto_workers, cpu_cores
-from mim_lightning.training import run as runner
+from mim_lightning.training import plan as planning
 from mim_lightning.training.checkpoints import Interrupted, StopRequest
 from mim_lightning.training.run_folder import CHECKPOINT_FILE
 
@@ -59,7 +59,7 @@ def work(index: int, workers: int, gpu: str | None, out: Path, tasks, reports) -
     from mim_lightning.cli import quiet_lightning
 
     quiet_lightning()
-    assumptions = Assumptions(lambda cfg: runner.plan_run(cfg, check=True, warn=False).assumptions)
+    assumptions = Assumptions(lambda cfg: planning.plan_run(cfg, check=True, warn=False).assumptions)
     with StopRequest() as stop:
         while stop.signal_name is None:
             item = tasks.get()
@@ -67,7 +67,8 @@ def work(index: int, workers: int, gpu: str | None, out: Path, tasks, reports) -
                 break
             i, group = item
             try:
-                reports.put(("done" if train_todo(group, out, assumptions, stop) else "skipped", index, i))
+                trained = train_todo(group, out, assumptions, stop)
+                reports.put(("done", index, (i, [run.key for run in trained])))
             except (KeyboardInterrupt, Interrupted):
                 reports.put(("interrupted", index, i))
                 return
@@ -118,10 +119,11 @@ def run_workers(workers: int, todo: list[list[Run]], out: Path, assumptions: Ass
                                           f" finished runs are kept")
                         signal_all(processes, "SIGTERM")
                 continue
-            if kind == "done":
-                advance(len(todo[value]))
-            elif kind == "skipped":
-                skipped.append(todo[value])
+            if kind == "done":   # value: (group, the keys of the runs the worker trained)
+                group, trained = todo[value[0]], set(value[1])
+                advance(len(trained))
+                if held := [run for run in group if run.key not in trained]:
+                    skipped.append(held)
             else:
                 running.discard(index)
                 interrupted = interrupted or kind == "interrupted"

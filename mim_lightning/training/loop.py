@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 import mim_lightning.training.lean_imports  # noqa: F401  (before Lightning: no unused metric back-ends)
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from mim_lightning.config import Config
@@ -34,9 +35,11 @@ def make_fabric(cfg: Config) -> L.Fabric:
                        f"(--nnodes, --node-rank, --master-addr) or srun under SLURM, which set MASTER_ADDR / WORLD_SIZE "
                        f"or SLURM_NTASKS; none is set here")
     torch.set_float32_matmul_precision(t.matmul_precision)
+    # an salloc shell (a SLURM allocation, no srun task): a run there is a laptop's, not a SLURM task
+    salloc = "SLURM_JOB_ID" in os.environ and "SLURM_PROCID" not in os.environ
     try:
         return L.Fabric(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                        precision=t.precision)
+                        precision=t.precision, plugins=[LightningEnvironment()] if salloc else None)
     except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MimError(f"trainer settings (accelerator={t.accelerator!r}, devices={t.devices!r}, "

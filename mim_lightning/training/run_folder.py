@@ -34,6 +34,7 @@ CONFIG, STATUS, RESULTS, LOCK = "config.yaml", "status.json", "results.json", ".
 SWEEP_FILE = "sweep.yaml"  # marks a sweep folder
 CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard event files (training.event_file names them so)
+LOCK_GRACE = 0.05  # seconds a claim retries a lock held for an instant (another process's in_use probe)
 
 
 def file_mode() -> int:
@@ -145,14 +146,20 @@ class RunFolder:
 
     @contextmanager
     def locked(self):
-        """Hold the folder's exclusive lock; another process holding it is refused at once."""
+        """Hold the folder's exclusive lock; another process holding it is refused within
+        ``LOCK_GRACE`` seconds (the time another process's ``in_use`` probe holds it for)."""
         self.prepare()
         handle = open(self._file(LOCK), "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise self.busy() from None
+        deadline = time.monotonic() + LOCK_GRACE
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise self.busy() from None
+                time.sleep(0.005)
         try:
             yield self
         finally:
