@@ -123,12 +123,17 @@ def test_a_preempted_task_is_requeued_and_resumes_with_the_numbers_of_an_uninter
     state = poll(lambda: (s := job_state(cluster, task)).get("Restarts") == "1" and s.get("JobState") == "PENDING"
                  and s, "the requeue")
     assert state["Reason"] == "BeginTime", state
+    # released only once the node has finished cleaning up the first attempt (state 'idle', not
+    # 'completing'): a job started at once under the same id can be killed by that clean-up
+    poll(lambda: cluster.client(["sinfo", "-h", "-o", "%t"]).stdout.strip() == "idle", "the node to be idle")
     assert cluster.client(["scontrol", "update", f"JobId={task}", "StartTime=now"]).returncode == 0
     # the job's own state, not squeue's listing (an squeue that fails under load lists nothing)
     ended = poll(lambda: (s := job_state(cluster, task)).get("JobState") in ENDED and s, "the requeued task to end",
                  every=0.5)
     log = (out / "slurm" / f"{task}_0_log.err").read_text()
-    assert ended["JobState"] == "COMPLETED" and ended["Restarts"] == "1", (ended, log)
+    daemons = "".join((cluster.root / name).read_text()[-3000:] for name in ("slurmctld.log", "slurmd.log")
+                      if (cluster.root / name).is_file())
+    assert ended["JobState"] == "COMPLETED" and ended["Restarts"] == "1", (ended, log, daemons)
     stop = re.search(r"mim sweep task: stopped by SIGTERM in stage1 after step (\d+); checkpoint saved to .*;"
                      r" asking SLURM to requeue it", log)
     assert stop is not None, log
