@@ -37,20 +37,11 @@ ESTIMATORS = tuple(f"{c}_{k}" for c in ("centred", "uncentred") for k in ("magni
 RESAMPLES = 2000
 
 
-def number(text):
-    """A finite float from a CSV cell, else None."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def seed_curves(rows, column) -> list[dict[float, float]]:
     """One curve {alpha: value} per seed from the runs that have a value in ``column``."""
     by_seed = defaultdict(dict)
     for row in rows:
-        value = number(row.get(column))
+        value = crossing.number(row.get(column))
         if value is not None:
             by_seed[row["seed"]][float(row["data.alpha"])] = value
     return [by_seed[s] for s in sorted(by_seed, key=float)]

@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from collections import Counter, defaultdict
+
+from mim_lightning.analysis.crossing import number as csv_number
 
 DEFAULT_COLUMNS = ("min_principal_cosine", "spectral_min_principal_cosine", "spectral_centred_magnitude_min_principal_cosine",
                    "test_rel_mse", "spectral_estimator")
-
-
-def number(text):
-    """A finite float from a CSV cell, else None."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def cell(rows, column, digits) -> str:
@@ -35,7 +27,7 @@ def cell(rows, column, digits) -> str:
     ok = [row for row in rows if row.get("status") == "ok"]
     if column == "spectral_estimator":
         return "; ".join(f"{name} x{count}" for name, count in Counter(row[column] for row in ok).most_common())
-    values = [v for v in (number(row.get(column)) for row in ok) if v is not None]
+    values = [v for v in (csv_number(row.get(column)) for row in ok) if v is not None]
     if not values:
         return "-"
     mean = f"{sum(values) / len(values):.{digits}f}"

@@ -17,6 +17,15 @@ from collections.abc import Callable, Sequence
 INF = math.inf
 
 
+def number(text) -> float | None:
+    """A finite float from a CSV cell, else None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def stays_above(alphas: Sequence[float], values: Sequence[float], level: float) -> float:
     """The alpha after which the piecewise-linear curve (alphas, values) stays >= ``level``: with i
     the last point below the level, the interpolated crossing between points i and i + 1. The first
