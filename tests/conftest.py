@@ -1,9 +1,11 @@
-"""Test isolation: plugins installed on the machine are never picked up by accident."""
+"""Test isolation (plugins installed on the machine are never picked up by accident, the limit
+cache is the test's own) and the one SLURM cluster the SLURM tests share."""
 
 import os
 
 import pytest
 
+import slurm_cluster
 from mim_lightning.plugins import manager as plugins
 
 # Sweeps in the tests draw no Bayes-optimal curve (seconds of state evolution per sweep) unless a
@@ -26,3 +28,17 @@ def no_installed_plugins(monkeypatch):
     plugins.reset()
     yield
     plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A one-node SLURM cluster (tests/slurm_cluster.py) for every SLURM test of the session, started
+    once and stopped by process id at its end; skipped where SLURM is not installed."""
+    why = slurm_cluster.missing()
+    if why is not None:
+        pytest.skip(why)
+    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

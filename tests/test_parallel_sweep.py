@@ -19,7 +19,6 @@ from mim_lightning.experiments import execute, sweep_folder
 from mim_lightning.experiments.grid import load_sweep
 from mim_lightning.training import run as runner
 
-import slurm_cluster
 
 MIM = str(Path(sys.executable).parent / "mim")
 SWEEP = {"data": {"d": 16, "alpha2": 8, "n_test": 256}, "model": {"width": 16}, "stage1": {"steps": 3},
@@ -130,19 +129,6 @@ def test_the_launcher_section_is_checked(tmp_path):
     assert both.exit_code != 0 and "--workers and --slurm" in both.output
     count = invoke(sweep_file(tmp_path), "--workers", "0")
     assert count.exit_code == 2 and "give a count >= 1 or 'auto'" in count.output
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A one-node SLURM cluster for this module's tests (skipped when SLURM is not installed)."""
-    why = slurm_cluster.missing()
-    if why is not None:
-        pytest.skip(why)
-    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.slow

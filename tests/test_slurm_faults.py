@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from mim_lightning.cli import main
 from mim_lightning.experiments import slurm
 
-import slurm_cluster
 
 MIM = str(Path(sys.executable).parent / "mim")
 NO_LIMIT = {"MIM_SWEEP_LIMIT": "0"}
@@ -72,19 +71,6 @@ def poll(condition, what: str, seconds: float = SECONDS, every: float = 0.1):
         assert time.time() < deadline, f"waited {seconds} s for {what}"
         time.sleep(every)
     return value
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A one-node SLURM cluster for this module's tests (skipped when SLURM is not installed)."""
-    why = slurm_cluster.missing()
-    if why is not None:
-        pytest.skip(why)
-    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
